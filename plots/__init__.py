@@ -1,0 +1,1 @@
+"""Plotting code: each module draws one figure with matplotlib (no display needed)."""

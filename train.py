@@ -1,0 +1,121 @@
+"""Training: optimisers, precision and device placement, and the resumable `fit`.
+
+One path trains every method: `fit_resumable` runs `model.fit` with Keras's
+`BackupAndRestore` callback, which saves the weights and the epoch number into
+the run folder after every epoch, so a killed run continues from its last
+finished epoch when started again with the same backup folder.
+
+Backend-specific code sits behind two small seams: `distribution_scope` (a
+`tf.distribute.MirroredStrategy` when TensorFlow sees more than one GPU) and
+`use_mixed_precision_on_gpu`.
+"""
+
+import contextlib
+import json
+from pathlib import Path
+
+import keras
+
+# The optimisers the original tool offered, by name and by its numeric code.
+# Learning rates follow the original (Keras 2 defaults), not Keras 3's.
+OPTIMIZERS = {
+    "adadelta": (keras.optimizers.Adadelta, {"learning_rate": 1.0}),
+    "sgd": (keras.optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True}),
+    "adam": (keras.optimizers.Adam, {"learning_rate": 0.001}),
+}
+BACKUP_METADATA = "training_metadata.json"
+
+
+def make_optimizer(name, learning_rate=None):
+    """Builds an optimiser by name with the original tool's settings.
+
+    Args:
+        name: `"adadelta"`, `"sgd"` or `"adam"`.
+        learning_rate: overrides the optimiser's default rate. Defaults to `None`.
+
+    Returns:
+        A `keras.optimizers.Optimizer`.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {tuple(OPTIMIZERS)}. Received: optimizer={name!r}")
+    optimizer_class, defaults = OPTIMIZERS[name]
+    settings = dict(defaults)
+    if learning_rate is not None:
+        settings["learning_rate"] = learning_rate
+    return optimizer_class(**settings)
+
+
+def gpu_count():
+    """Number of GPUs the active Keras backend can use."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return sum(device.platform == "gpu" for device in jax.devices())
+    return 0
+
+
+def device_description():
+    """A short human description of where training runs, for the run's provenance."""
+    gpus = gpu_count()
+    return f"{gpus} GPU(s), {keras.backend.backend()} backend" if gpus else f"CPU, {keras.backend.backend()} backend"
+
+
+def use_mixed_precision_on_gpu():
+    """Switches Keras to mixed precision when a GPU is present; returns the policy name in force."""
+    if gpu_count():
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    return keras.mixed_precision.global_policy().name
+
+
+def distribution_scope():
+    """A context to build and compile the model in: mirrored over GPUs on TensorFlow with several."""
+    if keras.backend.backend() == "tensorflow" and gpu_count() > 1:
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
+
+
+def resumed_epoch(backup_dir):
+    """The epoch a resumed `fit` will start from: the last one `BackupAndRestore` saved, else 0."""
+    metadata = Path(backup_dir) / BACKUP_METADATA
+    if not metadata.is_file():
+        return 0
+    return int(json.loads(metadata.read_text())["epoch"])
+
+
+def fit_resumable(model, x, y, *, epochs, batch_size, backup_dir, verbose=1, callbacks=()):
+    """Runs `model.fit`, saving state every epoch and resuming from `backup_dir` if it holds any.
+
+    The backup is kept after training (`delete_checkpoint=False`): the caller
+    removes it once the trained model itself is safely on disk, so no moment
+    exists at which a kill loses the finished training.
+
+    Args:
+        model: a compiled `keras.Model`.
+        x: training inputs.
+        y: training targets.
+        epochs: total number of epochs, counting those already done.
+        batch_size: examples per step.
+        backup_dir: folder for `BackupAndRestore`'s state.
+        verbose: 0 silent, 1 a progress bar per epoch. Defaults to 1.
+        callbacks: further Keras callbacks, run after the backup. Defaults to `()`.
+
+    Returns:
+        The `History` of this call (epochs run now only).
+    """
+    backup = keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
+    return model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=verbose,
+        callbacks=[backup, *callbacks],
+    )
