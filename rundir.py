@@ -61,7 +61,12 @@ def clear_run(out):
     out = Path(out)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
+    remove_backup(out)
+
+
+def remove_backup(out):
+    """Removes the training backup, once the trained model itself is saved."""
+    shutil.rmtree(Path(out) / BACKUP_DIR, ignore_errors=True)
 
 
 @contextlib.contextmanager

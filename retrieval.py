@@ -1,0 +1,418 @@
+"""Train a hashing network, binarise every image, retrieve by Hamming distance, evaluate.
+
+    python retrieval.py -l 48 -e 20 -t 1000 -q 100
+
+trains a network whose last layer has 48 sigmoid units on CIFAR-10, turns every
+training image (the database) and 100 seeded test images (the queries) into
+48-bit codes (`latent > 0.5`), ranks the database for each query by Hamming
+distance and reports mAP@1000 and precision@k. Everything lands in one run
+folder (`--out`): `config.json`, `model.keras`, `codes.h5`, `metrics.json`,
+`precision_at_k.png`.
+
+Arguments are checked before TensorFlow is imported, so a mistake costs a
+second, not a model build; a mistake ends with a one-line message and exit
+status 2, and never touches an earlier run's files.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import data
+import rundir
+
+# The command-line vocabulary. Each name is checked against the registry that
+# implements it (models.ARCHS, methods.METHODS, train.OPTIMIZERS) by the tests;
+# they are repeated here so that parsing never imports Keras.
+ARCHS = ("dbr", "resnet")
+METHODS = ("dbr", "dlbhc")
+OPTIMIZER_NAMES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam"}
+CODE_TYPE_NAMES = {"1": "origin", "origin": "origin", "2": "hamming74", "hamming74": "hamming74"}
+MIN_BITS, MAX_BITS = 8, 256
+DEFAULT_TOP = 1000
+DEFAULTS = {
+    "bits": 48,
+    "epochs": 20,
+    "top": DEFAULT_TOP,
+    "optimizer": "adam",
+    "arch": "resnet",
+    "method": "dlbhc",
+    "batch_size": 128,
+    "seed": 0,
+    "dataset": "cifar10",
+}
+ENCODE_BATCH_SIZE = 512
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line, exit status 2."""
+
+
+def build_parser():
+    """The argument parser; every flag has a long form, help text and a stated default."""
+    parser = argparse.ArgumentParser(
+        prog="retrieval.py",
+        description="Learn binary codes for images and evaluate Hamming-distance retrieval.",
+    )
+    add = parser.add_argument
+    add("-l", "--bits", type=int, default=DEFAULTS["bits"], help=f"code length, {MIN_BITS}..{MAX_BITS} (default: %(default)s)")
+    add("-q", "--queries", type=int, default=None, help="number of queries drawn (seeded) from the test split (default: all of it)")
+    add("-e", "--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs (default: %(default)s)")
+    add("-s", "--verbose", type=int, choices=(0, 1), default=1, help="0 silent, 1 progress bars and logs (default: %(default)s)")
+    add("-t", "--top", default=None, help=f"k of mAP@k and precision@k, or 'all' for the whole database (default: {DEFAULT_TOP}, clipped to the database size)")
+    add("-o", "--optimizer", default=DEFAULTS["optimizer"], help="adadelta or 1 (lr 1.0), sgd or 2 (lr 0.01, Nesterov momentum 0.9), adam (lr 0.001) (default: %(default)s)")
+    add("-a", "--extra-layer", type=int, choices=(1, 2), default=1, help="1 no, 2 yes: a Dense(512)+ReLU block before the latent layer (default: %(default)s)")
+    add("-c", "--code-type", default=None, help="target codewords of --method dbr: 1 or origin (12-bit lexicode), 2 or hamming74 (default: origin)")
+    add("-n", "--train-size", type=int, default=None, help="seeded class-balanced draw of N training images, used for training and as the database (default: all)")
+    add("--dataset", default=DEFAULTS["dataset"], help=f"one of {', '.join(data.DATASETS)} (default: %(default)s)")
+    add("--data-dir", default=None, help="offline copy to read instead of downloading: CIFAR-10 python batches, train/test image folders, a .tar.gz of either, or IDX .gz files (default: download with keras.datasets)")
+    add("--arch", default=DEFAULTS["arch"], help=f"network: {' or '.join(ARCHS)} (default: %(default)s)")
+    add("--method", default=DEFAULTS["method"], help=f"training method: {' or '.join(METHODS)} (default: %(default)s)")
+    add("--batch-size", type=int, default=DEFAULTS["batch_size"], help="training batch size (default: %(default)s)")
+    add("--lr", type=float, default=None, help="learning rate (default: the optimizer's own, see --optimizer)")
+    add("--seed", type=int, default=DEFAULTS["seed"], help="seed of the splits, the query draw and training (default: %(default)s)")
+    add("--val-size", type=int, default=None, help="hold out N training images (class-balanced) as the queries, leaving the test split untouched: for choosing settings (default: off)")
+    add("--out", default=None, help="run folder (default: runs/<dataset>-<method>-<bits>b-<timestamp>)")
+    add("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+    add("--overwrite", action="store_true", help="replace the run in --out")
+    return parser
+
+
+def resolve_args(args):
+    """Checks the parsed arguments that need no data and no Keras; returns the resolved config dict."""
+    if not MIN_BITS <= args.bits <= MAX_BITS:
+        raise UsageError(f"--bits must be between {MIN_BITS} and {MAX_BITS}, got {args.bits}")
+    if args.epochs < 0:
+        raise UsageError(f"--epochs must be 0 or more, got {args.epochs}")
+    for flag, value in (("--queries", args.queries), ("--train-size", args.train_size), ("--val-size", args.val_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be positive, got {args.lr}")
+    _check_choice("--arch", args.arch, ARCHS)
+    _check_choice("--method", args.method, METHODS)
+    _check_choice("--dataset", args.dataset, data.DATASETS)
+    _check_choice("--optimizer", args.optimizer, tuple(OPTIMIZER_NAMES))
+    if args.code_type is not None:
+        _check_choice("--code-type", args.code_type, tuple(CODE_TYPE_NAMES))
+        if args.method != "dbr":
+            raise UsageError(f"--code-type applies to --method dbr only, not --method {args.method}")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pick one")
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out: the folder of the run to continue")
+    config = {
+        "bits": args.bits,
+        "queries": args.queries,
+        "epochs": args.epochs,
+        "top": _parse_top(args.top),
+        "optimizer": OPTIMIZER_NAMES[args.optimizer],
+        "extra_layer": args.extra_layer == 2,
+        "code_type": _resolve_code_type(args),
+        "train_size": args.train_size,
+        "dataset": args.dataset,
+        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        "arch": args.arch,
+        "method": args.method,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "val_size": args.val_size,
+        "out": str(Path(args.out or _default_out(args))),
+    }
+    return config
+
+
+def _check_choice(flag, value, choices):
+    if value not in choices:
+        raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _parse_top(top):
+    """`None` (the default, clipped later), `"all"`, or a positive integer given explicitly."""
+    if top is None or top == "all":
+        return top
+    try:
+        value = int(top)
+    except ValueError:
+        raise UsageError(f"--top must be a positive integer or 'all', got {top!r}") from None
+    if value < 1:
+        raise UsageError(f"--top must be a positive integer or 'all', got {top!r}")
+    return value
+
+
+def _resolve_code_type(args):
+    if args.method != "dbr":
+        return None
+    return CODE_TYPE_NAMES[args.code_type] if args.code_type else "origin"
+
+
+def _default_out(args):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{args.dataset}-{args.method}-{args.bits}b-{stamp}"
+
+
+def select_split(config, dataset):
+    """Chooses the database (also the training set) and the queries, all seeded; checks sizes.
+
+    Returns:
+        A dict with `db_index` (positions in the training split), `query_index`
+        (positions in the query source) and `query_source`: `"test"`, or
+        `"validation"` when `--val-size` holds queries out of the training split.
+    """
+    seed = config["seed"]
+    db_index = np.arange(len(dataset.y_train))
+    query_source, query_index = "test", np.arange(len(dataset.y_test))
+    if config["val_size"] is not None:
+        if config["val_size"] >= len(db_index):
+            raise UsageError(f"--val-size must be below the training split's {len(db_index)} images, got {config['val_size']}")
+        db_index, query_index = data.holdout_split(dataset.y_train, config["val_size"], seed)
+        query_source = "validation"
+    if config["train_size"] is not None:
+        if config["train_size"] > len(db_index):
+            raise UsageError(f"--train-size must be at most {len(db_index)} (the training images available), got {config['train_size']}")
+        db_index = db_index[_balanced(dataset.y_train[db_index], config["train_size"], seed)]
+    if config["queries"] is not None:
+        if config["queries"] > len(query_index):
+            raise UsageError(f"--queries must be at most {len(query_index)} (the {query_source} split's size), got {config['queries']}")
+        query_index = query_index[data.draw_queries(len(query_index), config["queries"], seed)]
+    return {"db_index": db_index, "query_index": query_index, "query_source": query_source}
+
+
+def _balanced(labels, n, seed):
+    try:
+        return data.balanced_subset(labels, n, seed)
+    except ValueError as error:
+        raise UsageError(f"--train-size: {error}") from None
+
+
+def resolve_top(top, database_size):
+    """The integer k to evaluate at, and a note for the user when the default had to be clipped."""
+    if top == "all":
+        return database_size, None
+    if top is None:
+        if database_size < DEFAULT_TOP:
+            return database_size, f"note: --top {DEFAULT_TOP} clipped to the database size, {database_size}"
+        return DEFAULT_TOP, None
+    if top > database_size:
+        raise UsageError(f"--top must be at most the database size, {database_size}, got {top}")
+    return top, None
+
+
+def run(config, verbose=1, resume=False, callbacks=()):
+    """Runs (or resumes) one experiment described by a resolved `config`; returns its metrics.
+
+    Args:
+        config: the dict from `resolve_args` (or a resumed run's `config.json`).
+        verbose: 0 silent, 1 progress bars and logs. Defaults to 1.
+        resume: continue the run in `config["out"]`. Defaults to `False`.
+        callbacks: extra Keras callbacks for `fit` (tests use one to simulate a
+            kill). Defaults to `()`.
+
+    Returns:
+        The metrics dict that was written to `metrics.json`.
+    """
+    out = Path(config["out"])
+    log = print if verbose else (lambda *_: None)
+    if resume and (out / rundir.METRICS_FILE).is_file():
+        log(f"{out} holds a finished run; its metrics are in {out / rundir.METRICS_FILE}")
+        return rundir.read_json(out / rundir.METRICS_FILE)
+
+    timings = {}
+    started = time.perf_counter()
+    dataset = _load(config)
+    split = select_split(config, dataset)
+    db_x, db_y, query_x, query_y = _gather(dataset, split)
+    top, note = resolve_top(config["top"], len(db_y))
+    if note:
+        log(note)
+    timings["data_seconds"] = time.perf_counter() - started
+    if not resume:
+        rundir.clear_run(out)
+        rundir.write_json(out / rundir.CONFIG_FILE, config)
+
+    import keras  # deferred: everything above runs without TensorFlow
+
+    import methods
+    import train
+
+    keras.utils.set_random_seed(config["seed"])
+    precision_policy = train.use_mixed_precision_on_gpu()
+    num_classes = len(dataset.class_names)
+    method = _make_method(config, num_classes)
+    model, trained_epochs, timings["train_seconds"] = _trained_model(config, method, db_x, db_y, out, verbose, callbacks)
+
+    started = time.perf_counter()
+    db_latent, query_latent, query_accuracy = _encode(model, db_x, query_x, query_y)
+    db_bits, query_bits = _binarise(db_latent), _binarise(query_latent)
+    timings["encode_seconds"] = time.perf_counter() - started
+    _save_codes(out / rundir.CODES_FILE, db_bits, query_bits, db_y, query_y, split)
+
+    import evaluate
+
+    started = time.perf_counter()
+    scores = evaluate.evaluate_retrieval(query_bits, query_y, db_bits, db_y, top)
+    timings["eval_seconds"] = time.perf_counter() - started
+
+    title = f"{config['dataset']} {config['method']} {config['arch']} {config['bits']} bits"
+    _save_plot(out / rundir.PLOT_FILE, scores["precision_at_k"], title)
+    metrics = {
+        "bits": config["bits"],
+        "dataset": config["dataset"],
+        "method": config["method"],
+        "arch": config["arch"],
+        "seed": config["seed"],
+        "top": top,
+        f"mAP@{top}": scores["mAP"],
+        f"precision@{top}": scores["precision"],
+        "precision_at_k": [float(value) for value in scores["precision_at_k"]],
+        **method.summary(),
+        "query_source": split["query_source"],
+        "num_queries": len(query_y),
+        "num_database": len(db_y),
+        "epochs_trained": trained_epochs,
+        **({"query_accuracy": query_accuracy} if query_accuracy is not None else {}),
+        "precision_policy": precision_policy,
+        "device": train.device_description(),
+        **rundir.provenance(),
+        "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+    }
+    rundir.write_json(out / rundir.METRICS_FILE, metrics)
+    log(
+        f"mAP@{top} = {scores['mAP']:.4f}, precision@{top} = {scores['precision']:.4f} "
+        f"({len(query_y)} {split['query_source']} queries vs {len(db_y)} database images, {config['bits']} bits); "
+        f"results in {out}"
+    )
+    return metrics
+
+
+def _load(config):
+    try:
+        return data.load_dataset(config["dataset"], data_dir=config["data_dir"])
+    except data.DataError as error:
+        raise UsageError(str(error)) from None
+
+
+def _gather(dataset, split):
+    """The database images and labels (from the training split) and the query images and labels."""
+    query_x, query_y = (dataset.x_train, dataset.y_train) if split["query_source"] == "validation" else (dataset.x_test, dataset.y_test)
+    db_index, query_index = split["db_index"], split["query_index"]
+    return dataset.x_train[db_index], dataset.y_train[db_index], query_x[query_index], query_y[query_index]
+
+
+def _make_method(config, num_classes):
+    import methods
+
+    try:
+        return methods.make_method(config["method"], num_classes, config["bits"], config["code_type"])
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _trained_model(config, method, x, y, out, verbose, callbacks):
+    """Trains (or resumes training of) the model; returns it, the epochs trained and the seconds spent now.
+
+    A run killed after `model.keras` was saved but before it finished skips
+    training when resumed.
+    """
+    import keras
+
+    import models
+    import train
+
+    model_path, backup_dir = out / rundir.MODEL_FILE, out / rundir.BACKUP_DIR
+    if model_path.is_file():
+        return keras.saving.load_model(model_path), config["epochs"], 0.0
+    with train.distribution_scope():
+        encoder = models.build_encoder(config["arch"], x.shape[1:], config["bits"], config["extra_layer"])
+        model = method.training_model(encoder)
+        model.compile(
+            optimizer=train.make_optimizer(config["optimizer"], config["lr"]),
+            loss=method.loss(),
+            metrics=method.metrics(),
+        )
+    start_epoch = train.resumed_epoch(backup_dir)
+    if start_epoch and verbose:
+        print(f"resuming from epoch {start_epoch} of {config['epochs']}")
+    started = time.perf_counter()
+    train.fit_resumable(
+        model, x, method.targets(y), epochs=config["epochs"], batch_size=config["batch_size"],
+        backup_dir=backup_dir, verbose=verbose, callbacks=callbacks,
+    )
+    seconds = time.perf_counter() - started
+    with rundir.atomic_path(model_path) as temporary:
+        model.save(temporary)
+    rundir.remove_backup(out)
+    return model, config["epochs"], seconds
+
+
+def _encode(model, db_x, query_x, query_y):
+    """Latent activations of database and queries, plus the query accuracy when the model classifies."""
+    import keras
+
+    import models
+
+    latent = model.get_layer(models.LATENT_LAYER).output
+    has_classifier = latent is not model.outputs[0]
+    encoder = keras.Model(model.inputs, [latent, model.outputs[0]] if has_classifier else latent)
+    db_out = encoder.predict(db_x, batch_size=ENCODE_BATCH_SIZE, verbose=0)
+    query_out = encoder.predict(query_x, batch_size=ENCODE_BATCH_SIZE, verbose=0)
+    if not has_classifier:
+        return db_out, query_out, None
+    accuracy = float(np.mean(np.argmax(query_out[1], axis=1) == query_y))
+    return db_out[0], query_out[0], accuracy
+
+
+def _binarise(latent):
+    import models
+
+    return (np.asarray(latent) > models.BIT_THRESHOLD).astype(np.uint8)
+
+
+def _save_codes(path, db_bits, query_bits, db_labels, query_labels, split):
+    """Writes `codes.h5`: the codes, labels and source positions of exactly the evaluated items."""
+    import h5py
+
+    with rundir.atomic_path(path) as temporary, h5py.File(temporary, "w") as codes:
+        codes["db_bits"] = db_bits
+        codes["query_bits"] = query_bits
+        codes["db_labels"] = db_labels.astype(np.int64)
+        codes["query_labels"] = query_labels.astype(np.int64)
+        codes["db_index"] = split["db_index"].astype(np.int64)
+        codes["query_index"] = split["query_index"].astype(np.int64)
+        codes.attrs["query_source"] = split["query_source"]
+
+
+def _save_plot(path, precision_at_k, title):
+    from plots.precision_at_k import plot_precision_at_k
+
+    with rundir.atomic_path(path) as temporary:
+        plot_precision_at_k(precision_at_k, temporary, title)
+
+
+def main(argv=None):
+    """Command-line entry point; returns the exit status (0 done, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            rundir.check_out_dir(args.out, resume=True)
+            config = rundir.read_json(Path(args.out) / rundir.CONFIG_FILE)
+        else:
+            config = resolve_args(args)
+            rundir.check_out_dir(config["out"], overwrite=args.overwrite)
+            if config["data_dir"]:
+                data.check_data_dir(config["data_dir"])
+        run(config, verbose=args.verbose, resume=args.resume)
+    except (UsageError, rundir.RunDirError, data.DataError) as error:
+        parser.error(str(error))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
