@@ -102,10 +102,6 @@ def resolve_args(args):
         _check_choice("--code-type", args.code_type, tuple(CODE_TYPE_NAMES))
         if args.method != "dbr":
             raise UsageError(f"--code-type applies to --method dbr only, not --method {args.method}")
-    if args.resume and args.overwrite:
-        raise UsageError("--resume and --overwrite contradict each other: pick one")
-    if args.resume and args.out is None:
-        raise UsageError("--resume needs --out: the folder of the run to continue")
     config = {
         "bits": args.bits,
         "queries": args.queries,
@@ -174,6 +170,9 @@ def select_split(config, dataset):
         db_index, query_index = data.holdout_split(dataset.y_train, config["val_size"], seed)
         query_source = "validation"
     if config["train_size"] is not None:
+        num_classes = len(dataset.class_names)
+        if config["train_size"] < num_classes:
+            raise UsageError(f"--train-size must be at least the number of classes, {num_classes}, got {config['train_size']}")
         if config["train_size"] > len(db_index):
             raise UsageError(f"--train-size must be at most {len(db_index)} (the training images available), got {config['train_size']}")
         db_index = db_index[_balanced(dataset.y_train[db_index], config["train_size"], seed)]
@@ -233,6 +232,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
         log(note)
     timings["data_seconds"] = time.perf_counter() - started
     if not resume:
+        out.mkdir(parents=True, exist_ok=True)
         rundir.clear_run(out)
         rundir.write_json(out / rundir.CONFIG_FILE, config)
 
@@ -395,14 +395,23 @@ def _save_plot(path, precision_at_k, title):
         plot_precision_at_k(precision_at_k, temporary, title)
 
 
+def _resumed_config(args):
+    """The saved config of the run to resume; the other flags given are ignored (the run's own apply)."""
+    if args.out is None:
+        raise UsageError("--resume needs --out: the folder of the run to continue")
+    if args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pick one")
+    rundir.check_out_dir(args.out, resume=True)
+    return rundir.read_json(Path(args.out) / rundir.CONFIG_FILE)
+
+
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 done, 2 bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            rundir.check_out_dir(args.out, resume=True)
-            config = rundir.read_json(Path(args.out) / rundir.CONFIG_FILE)
+            config = _resumed_config(args)
         else:
             config = resolve_args(args)
             rundir.check_out_dir(config["out"], overwrite=args.overwrite)

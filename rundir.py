@@ -33,7 +33,7 @@ class RunDirError(Exception):
 
 
 def check_out_dir(out, resume=False, overwrite=False):
-    """Checks that `out` can hold this run; creates the folder, touches no file in it.
+    """Checks that `out` can hold this run, without changing anything on disk.
 
     Args:
         out: the run folder.
@@ -113,14 +113,19 @@ def provenance():
 
 
 def _check_writable(out):
-    """Creates `out` if needed and proves a file can be made in it; raises `RunDirError` if not.
+    """Proves a file can be made in `out`, or in its nearest existing parent; raises `RunDirError` if not.
 
     A real write is the only honest test: permission bits say nothing to root,
-    nor about read-only file systems.
+    nor about read-only file systems. The probe file is removed again and no
+    folder is created, so a run refused later leaves no trace.
     """
+    existing = Path(out)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise RunDirError(f"--out {out} is not writable ({error.strerror or error})") from None

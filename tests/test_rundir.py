@@ -10,8 +10,8 @@ import rundir
 
 def test_empty_or_missing_folder_is_fine(tmp_path):
     rundir.check_out_dir(tmp_path / "new" / "run")
-    assert (tmp_path / "new" / "run").is_dir()
-    rundir.check_out_dir(tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+    rundir.check_out_dir(tmp_path)
 
 
 def test_non_empty_folder_needs_resume_or_overwrite(tmp_path):

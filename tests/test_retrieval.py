@@ -1,0 +1,294 @@
+"""The command line end to end: bad input, outputs, resume, and a small real training run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+import methods
+import models
+import retrieval
+import rundir
+import train
+
+TINY_CLASSES = ("circle", "square", "stripes", "triangle")
+TINY_TRAIN_PER_CLASS, TINY_TEST_PER_CLASS, TINY_SIZE = 30, 8, 32
+
+
+def tiny_image(class_index, rng):
+    """A 32x32 RGB image (CIFAR-sized) whose bright quadrant says its class, plus noise: easy to learn."""
+    pixels = rng.integers(0, 60, size=(TINY_SIZE, TINY_SIZE, 3))
+    half = TINY_SIZE // 2
+    row, column = divmod(class_index, 2)
+    pixels[row * half : (row + 1) * half, column * half : (column + 1) * half, class_index % 3] += 190
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory):
+    """An image-folder tree `train/<class>/*.png`, `test/<class>/*.png` of 4 easy classes."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", TINY_TRAIN_PER_CLASS), ("test", TINY_TEST_PER_CLASS)):
+        for class_index, name in enumerate(TINY_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for item in range(per_class):
+                tiny_image(class_index, rng).save(folder / f"{item:03d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DEEPHASH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def fails_with(capsys, argv, message):
+    """Runs the CLI in-process and asserts exit status 2 with `message` on stderr, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        retrieval.main(argv)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr, stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
+def tiny_argv(tiny_tree, out, *extra):
+    return ["--data-dir", str(tiny_tree), "--arch", "dbr", "-l", "12", "-e", "3", "-s", "0", "--out", str(out), *extra]
+
+
+# --- bad input: every case ends with a one-line message and exit status 2 -------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-l", "7"], "--bits must be between 8 and 256, got 7"),
+        (["-l", "257"], "--bits must be between 8 and 256, got 257"),
+        (["-e", "-1"], "--epochs must be 0 or more, got -1"),
+        (["-o", "rmsprop"], "--optimizer must be one of"),
+        (["--arch", "vgg"], "--arch must be one of dbr, resnet, got 'vgg'"),
+        (["--method", "dhn"], "--method must be one of dbr, dlbhc, got 'dhn'"),
+        (["--dataset", "imagenet"], "--dataset must be one of cifar10, mnist, fashion_mnist, got 'imagenet'"),
+        (["--method", "dlbhc", "-c", "2"], "--code-type applies to --method dbr only"),
+        (["-c", "golay", "--method", "dbr"], "--code-type must be one of"),
+        (["-t", "0"], "--top must be a positive integer or 'all', got '0'"),
+        (["-t", "many"], "--top must be a positive integer or 'all', got 'many'"),
+        (["-q", "0"], "--queries must be at least 1, got 0"),
+        (["-s", "3"], "invalid choice: 3"),
+        (["-l", "forty"], "invalid int value: 'forty'"),
+        (["--resume"], "--resume needs --out"),
+    ],
+)
+def test_bad_arguments_exit_2(capsys, tmp_path, argv, message):
+    fails_with(capsys, [*argv, "--out", str(tmp_path / "run")] if "--resume" not in argv else argv, message)
+
+
+def test_bad_data_dirs_exit_2(capsys, tmp_path):
+    fails_with(capsys, ["--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "a")], "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails_with(capsys, ["--data-dir", str(empty), "--out", str(tmp_path / "b")], "empty")
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00 not really a gzip stream")
+    fails_with(capsys, ["--data-dir", str(broken), "--out", str(tmp_path / "c")], str(broken))
+
+
+def test_out_folder_problems_exit_2_and_keep_earlier_files(capsys, tmp_path, tiny_tree):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fails_with(capsys, tiny_argv(tiny_tree, blocker / "run"), "not writable")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / rundir.METRICS_FILE).write_text('{"mAP@1000": 0.9}')
+    fails_with(capsys, tiny_argv(tiny_tree, earlier), "is not empty; pass --resume")
+    fails_with(capsys, ["--resume", "--out", str(tmp_path / "nothing")], "no run to resume")
+    # Bad input with --overwrite must not destroy the earlier run either.
+    fails_with(capsys, [*tiny_argv(tiny_tree, earlier), "-q", "999", "--overwrite"], "--queries must be at most 32")
+    assert (earlier / rundir.METRICS_FILE).read_text() == '{"mAP@1000": 0.9}'
+
+
+def test_sizes_checked_against_the_data_exit_2(capsys, tmp_path, tiny_tree):
+    fails_with(capsys, [*tiny_argv(tiny_tree, tmp_path / "a"), "-q", "33"], "--queries must be at most 32 (the test split's size), got 33")
+    fails_with(capsys, [*tiny_argv(tiny_tree, tmp_path / "b"), "-t", "121"], "--top must be at most the database size, 120, got 121")
+    fails_with(capsys, [*tiny_argv(tiny_tree, tmp_path / "c"), "-n", "121"], "--train-size must be at most 120")
+    fails_with(capsys, [*tiny_argv(tiny_tree, tmp_path / "d"), "-n", "2"], "--train-size must be at least the number of classes, 4, got 2")
+    assert not (tmp_path / "a" / rundir.CONFIG_FILE).exists()
+
+
+# --- splits -----------------------------------------------------------------------------
+
+
+def tiny_config(tiny_tree, out, **overrides):
+    args = retrieval.build_parser().parse_args(tiny_argv(tiny_tree, out))
+    return {**retrieval.resolve_args(args), **overrides}
+
+
+def test_splits_are_seeded_and_balanced(tiny_tree, tmp_path):
+    dataset = data.load_dataset("cifar10", data_dir=str(tiny_tree))
+    config = tiny_config(tiny_tree, tmp_path, train_size=40, queries=10)
+    first, again = retrieval.select_split(config, dataset), retrieval.select_split(config, dataset)
+    np.testing.assert_array_equal(first["db_index"], again["db_index"])
+    np.testing.assert_array_equal(first["query_index"], again["query_index"])
+    assert np.bincount(dataset.y_train[first["db_index"]]).tolist() == [10, 10, 10, 10]
+    other = retrieval.select_split({**config, "seed": 1}, dataset)
+    assert not np.array_equal(first["query_index"], other["query_index"])
+
+
+def test_validation_queries_come_out_of_training(tiny_tree, tmp_path):
+    dataset = data.load_dataset("cifar10", data_dir=str(tiny_tree))
+    split = retrieval.select_split(tiny_config(tiny_tree, tmp_path, val_size=20), dataset)
+    assert split["query_source"] == "validation"
+    assert len(split["query_index"]) == 20 and len(split["db_index"]) == 100
+    assert not set(split["query_index"]) & set(split["db_index"])
+
+
+@pytest.mark.parametrize(
+    "top, database_size, expected",
+    [(None, 5000, (1000, None)), ("all", 5000, (5000, None)), (7, 5000, (7, None))],
+)
+def test_resolve_top(top, database_size, expected):
+    assert retrieval.resolve_top(top, database_size) == expected
+
+
+def test_default_top_is_clipped_with_a_note():
+    top, note = retrieval.resolve_top(None, 120)
+    assert top == 120 and "clipped to the database size, 120" in note
+
+
+def test_cli_vocabulary_matches_the_registries():
+    assert retrieval.ARCHS == models.ARCHS
+    assert retrieval.METHODS == tuple(methods.METHODS)
+    assert set(retrieval.OPTIMIZER_NAMES.values()) == set(train.OPTIMIZERS)
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "dbr"
+    assert retrieval.main([*tiny_argv(tiny_tree, out), "--method", "dbr", "-c", "2", "-e", "8"]) == 0
+    return out
+
+
+def test_run_writes_every_output(finished_run):
+    names = sorted(path.name for path in finished_run.iterdir())
+    assert names == sorted([*rundir.RUN_FILES])  # no temporary or backup left behind
+    metrics = json.loads((finished_run / rundir.METRICS_FILE).read_text())
+    assert metrics["top"] == 120 and metrics["bits"] == 12 and metrics["method"] == "dbr"
+    assert len(metrics["precision_at_k"]) == 120
+    assert metrics["mAP@120"] == pytest.approx(metrics["mAP@120"]) and "precision@120" in metrics
+    assert metrics["codeword_min_distance"] >= 3
+    assert {"train_seconds", "encode_seconds", "eval_seconds"} <= set(metrics["timings"])
+    assert metrics["keras_version"] == keras.__version__
+    config = json.loads((finished_run / rundir.CONFIG_FILE).read_text())
+    assert config["code_type"] == "hamming74" and config["epochs"] == 8
+
+
+def test_run_learns_far_above_chance(finished_run):
+    metrics = json.loads((finished_run / rundir.METRICS_FILE).read_text())
+    chance = 1 / len(TINY_CLASSES)
+    assert metrics["mAP@120"] > 0.8 > chance
+
+
+def test_codes_file_holds_exactly_the_evaluated_items(finished_run):
+    with h5py.File(finished_run / rundir.CODES_FILE) as codes:
+        assert codes["db_bits"].shape == (120, 12) and codes["query_bits"].shape == (32, 12)
+        assert codes["db_bits"].dtype == np.uint8 and set(np.unique(codes["db_bits"][()])) <= {0, 1}
+        assert codes["db_labels"].shape == (120,) and codes["query_labels"].shape == (32,)
+        np.testing.assert_array_equal(codes["db_index"][()], np.arange(120))
+        np.testing.assert_array_equal(codes["query_index"][()], np.arange(32))
+
+
+def test_saved_model_reproduces_the_codes(finished_run, tiny_tree):
+    model = keras.saving.load_model(finished_run / rundir.MODEL_FILE)
+    dataset = data.load_dataset("cifar10", data_dir=str(tiny_tree))
+    latent = models.encoder_of(model).predict(dataset.x_test, verbose=0)
+    with h5py.File(finished_run / rundir.CODES_FILE) as codes:
+        np.testing.assert_array_equal((latent > models.BIT_THRESHOLD).astype(np.uint8), codes["query_bits"][()])
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished_run, capsys):
+    before = (finished_run / rundir.METRICS_FILE).read_text()
+    assert retrieval.main(["--resume", "--out", str(finished_run)]) == 0
+    assert "holds a finished run" in capsys.readouterr().out
+    assert (finished_run / rundir.METRICS_FILE).read_text() == before
+
+
+class KillAfterEpoch(keras.callbacks.Callback):
+    """Stands in for a kill: stops the process's training after a given epoch has been backed up."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_killed_run_resumes_from_its_last_finished_epoch(tiny_tree, tmp_path, capsys):
+    out = tmp_path / "killed"
+    config = tiny_config(tiny_tree, out, epochs=4, method="dlbhc", code_type=None)
+    rundir.check_out_dir(out)
+    with pytest.raises(KeyboardInterrupt):
+        retrieval.run(config, verbose=0, callbacks=[KillAfterEpoch(1)])
+    assert (out / rundir.CONFIG_FILE).is_file() and (out / rundir.BACKUP_DIR).is_dir()
+    assert not (out / rundir.METRICS_FILE).exists() and not (out / rundir.MODEL_FILE).exists()
+    assert train.resumed_epoch(out / rundir.BACKUP_DIR) == 2
+
+    recorder = EpochRecorder()
+    metrics = retrieval.run(rundir.read_json(out / rundir.CONFIG_FILE), verbose=1, resume=True, callbacks=[recorder])
+    assert "resuming from epoch 2 of 4" in capsys.readouterr().out
+    assert recorder.epochs == [2, 3]
+    assert metrics["epochs_trained"] == 4 and (out / rundir.METRICS_FILE).is_file()
+    assert not (out / rundir.BACKUP_DIR).exists()
+
+
+def test_overwrite_replaces_the_earlier_run(tiny_tree, tmp_path):
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / rundir.METRICS_FILE).write_text("{}")
+    (out / "notes.txt").write_text("kept")
+    assert retrieval.main([*tiny_argv(tiny_tree, out), "-e", "1", "--overwrite", "-t", "all"]) == 0
+    metrics = json.loads((out / rundir.METRICS_FILE).read_text())
+    assert metrics["top"] == 120 and "mAP@120" in metrics
+    assert (out / "notes.txt").read_text() == "kept"
+
+
+def test_jax_backend_runs_the_same_command(tiny_tree, tmp_path):
+    pytest.importorskip("jax", reason="the JAX backend needs jax installed")
+    out = tmp_path / "jax"
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    command = [sys.executable, "retrieval.py", *tiny_argv(tiny_tree, out), "-e", "1"]
+    result = subprocess.run(command, cwd=retrieval.__file__.rsplit("/", 1)[0], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / rundir.METRICS_FILE).read_text())
+    assert metrics["backend"] == "jax" and 0 <= metrics["mAP@120"] <= 1
+
+
+def test_mnist_from_the_offline_copy(shared_datasets, tmp_path):
+    out = tmp_path / "mnist"
+    argv = ["--dataset", "mnist", "--data-dir", str(shared_datasets / "mnist"), "--arch", "dbr", "-n", "1000", "-q", "200", "-e", "5", "-s", "0", "--out", str(out)]
+    assert retrieval.main(argv) == 0
+    metrics = json.loads((out / rundir.METRICS_FILE).read_text())
+    assert metrics["num_database"] == 1000 and metrics["num_queries"] == 200
+    assert metrics["mAP@1000"] > 0.5  # chance is about 0.1
