@@ -23,6 +23,9 @@ LATENT_LAYER = "latent"
 BIT_THRESHOLD = 0.5
 EXTRA_LAYER_UNITS = 512
 RESNET_WIDTHS = (32, 64, 128)
+# PyTorch's default. Keras's 0.99 averages over ~100 steps of fast-changing
+# weights, which left a 5-epoch classroom run predicting one class at inference.
+BATCH_NORM_MOMENTUM = 0.9
 
 
 def build_encoder(arch, input_shape, bits, extra_layer=False):
@@ -90,5 +93,5 @@ def _resnet_trunk(x, flip):
 
 def _conv_bn_relu(x, filters, name):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
