@@ -15,6 +15,7 @@ status 2, and never touches an earlier run's files.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ import rundir
 # they are repeated here so that parsing never imports Keras.
 ARCHS = ("dbr", "resnet")
 METHODS = ("dbr", "dlbhc")
+SCHEDULES = ("constant", "cosine")
 OPTIMIZER_NAMES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam"}
 CODE_TYPE_NAMES = {"1": "origin", "origin": "origin", "2": "hamming74", "hamming74": "hamming74"}
 MIN_BITS, MAX_BITS = 8, 256
@@ -40,11 +42,15 @@ DEFAULTS = {
     "optimizer": "adam",
     "arch": "resnet",
     "method": "dlbhc",
-    "batch_size": 128,
+    "batch_size": 32,
+    "schedule": "cosine",
     "seed": 0,
     "dataset": "cifar10",
 }
 ENCODE_BATCH_SIZE = 512
+
+# TensorFlow's C++ start-up notices (oneDNN, CPU features) drown the progress bars.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class UsageError(Exception):
@@ -72,6 +78,7 @@ def build_parser():
     add("--arch", default=DEFAULTS["arch"], help=f"network: {' or '.join(ARCHS)} (default: %(default)s)")
     add("--method", default=DEFAULTS["method"], help=f"training method: {' or '.join(METHODS)} (default: %(default)s)")
     add("--batch-size", type=int, default=DEFAULTS["batch_size"], help="training batch size (default: %(default)s)")
+    add("--schedule", default=DEFAULTS["schedule"], help="learning rate schedule: constant, or cosine (5%% linear warm-up, then cosine decay to 0) (default: %(default)s)")
     add("--lr", type=float, default=None, help="learning rate (default: the optimizer's own, see --optimizer)")
     add("--seed", type=int, default=DEFAULTS["seed"], help="seed of the splits, the query draw and training (default: %(default)s)")
     add("--val-size", type=int, default=None, help="hold out N training images (class-balanced) as the queries, leaving the test split untouched: for choosing settings (default: off)")
@@ -98,6 +105,7 @@ def resolve_args(args):
     _check_choice("--method", args.method, METHODS)
     _check_choice("--dataset", args.dataset, data.DATASETS)
     _check_choice("--optimizer", args.optimizer, tuple(OPTIMIZER_NAMES))
+    _check_choice("--schedule", args.schedule, SCHEDULES)
     if args.code_type is not None:
         _check_choice("--code-type", args.code_type, tuple(CODE_TYPE_NAMES))
         if args.method != "dbr":
@@ -117,6 +125,7 @@ def resolve_args(args):
         "method": args.method,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "schedule": args.schedule,
         "seed": args.seed,
         "val_size": args.val_size,
         "out": str(Path(args.out or _default_out(args))),
@@ -332,7 +341,9 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         encoder = models.build_encoder(config["arch"], x.shape[1:], config["bits"], config["extra_layer"])
         model = method.training_model(encoder)
         model.compile(
-            optimizer=train.make_optimizer(config["optimizer"], config["lr"]),
+            optimizer=train.make_optimizer(
+                config["optimizer"], config["lr"], config["schedule"], max(1, config["epochs"] * _steps_per_epoch(len(y), config["batch_size"]))
+            ),
             loss=method.loss(),
             metrics=method.metrics(),
         )
@@ -349,6 +360,10 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         model.save(temporary)
     rundir.remove_backup(out)
     return model, config["epochs"], seconds
+
+
+def _steps_per_epoch(num_examples, batch_size):
+    return -(-num_examples // batch_size)
 
 
 def _encode(model, db_x, query_x, query_y):

@@ -23,26 +23,49 @@ OPTIMIZERS = {
     "sgd": (keras.optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True}),
     "adam": (keras.optimizers.Adam, {"learning_rate": 0.001}),
 }
+SCHEDULES = ("constant", "cosine")
+# Share of all steps spent warming the rate up from zero under the cosine schedule.
+WARMUP_FRACTION = 0.05
 BACKUP_METADATA = "training_metadata.json"
 
 
-def make_optimizer(name, learning_rate=None):
+def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None):
     """Builds an optimiser by name with the original tool's settings.
 
     Args:
         name: `"adadelta"`, `"sgd"` or `"adam"`.
-        learning_rate: overrides the optimiser's default rate. Defaults to `None`.
+        learning_rate: overrides the optimiser's default (peak) rate. Defaults to `None`.
+        schedule: `"constant"`, or `"cosine"`: a linear warm-up over the first
+            `WARMUP_FRACTION` of the steps, then cosine decay to zero at
+            `total_steps`. Defaults to `"constant"`.
+        total_steps: number of training steps; needed by `"cosine"`. Defaults to `None`.
 
     Returns:
         A `keras.optimizers.Optimizer`.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"`optimizer` must be one of {tuple(OPTIMIZERS)}. Received: optimizer={name!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {SCHEDULES}. Received: schedule={schedule!r}")
     optimizer_class, defaults = OPTIMIZERS[name]
     settings = dict(defaults)
     if learning_rate is not None:
         settings["learning_rate"] = learning_rate
+    if schedule == "cosine":
+        settings["learning_rate"] = _warmup_cosine(settings["learning_rate"], total_steps)
     return optimizer_class(**settings)
+
+
+def _warmup_cosine(peak_rate, total_steps):
+    if not total_steps or total_steps < 1:
+        raise ValueError(f"The cosine schedule needs `total_steps` >= 1. Received: total_steps={total_steps}")
+    warmup_steps = int(total_steps * WARMUP_FRACTION)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total_steps - warmup_steps, 1),
+        warmup_target=peak_rate,
+        warmup_steps=warmup_steps,
+    )
 
 
 def gpu_count():

@@ -168,6 +168,7 @@ def test_cli_vocabulary_matches_the_registries():
     assert retrieval.ARCHS == models.ARCHS
     assert retrieval.METHODS == tuple(methods.METHODS)
     assert set(retrieval.OPTIMIZER_NAMES.values()) == set(train.OPTIMIZERS)
+    assert retrieval.SCHEDULES == train.SCHEDULES
 
 
 # --- end to end ---------------------------------------------------------------------------
