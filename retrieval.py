@@ -41,7 +41,7 @@ DEFAULTS = {
     "top": DEFAULT_TOP,
     "optimizer": "adam",
     "arch": "resnet",
-    "method": "dlbhc",
+    "method": "dbr",
     "batch_size": 32,
     "schedule": "cosine",
     "seed": 0,
