@@ -1,0 +1,132 @@
+"""Evaluation protocols: which images train, which form the database, which are queries, and k.
+
+The deep-hashing papers differ in their splits as much as in their losses, so their
+numbers only compare under one named protocol. Each protocol here is a seeded split
+of a dataset's sources (`train`, `test` and, for list data, `database`) plus the k of
+its mAP@k; the same seed gives the same split on every machine for the same data.
+
+| protocol | queries | database | training | mAP@ |
+|---|---|---|---|---|
+| `dlbhc` | the whole test split | the training split | the training split | 1000 |
+| `dbr` | the test split (`-q` draws from it, as the original tool did) | the training split | the training split | `-t` (1000) |
+| `dhn` | 100 per class from train+test pooled | the rest of the pool but the training images (54,000 on CIFAR-10) | 500 per class from the pool | all |
+| `cifar10-1` | as `dhn` | the whole pool but the queries (59,000 on CIFAR-10) | as `dhn` | all |
+| `nuswide` | the test list | the database list (else the training list) | the training list | 5000 |
+| `imagenet100` | as `nuswide` | as `nuswide` | as `nuswide` | 1000 |
+| `folder` | the test split | the database list, else the training split | the training split | all |
+
+Indices are `(source, position)` pairs: `sources[i]` names the split an item comes
+from and `positions[i]` its place in that split, so `codes.h5` can say exactly which
+image each code belongs to.
+"""
+
+import dataclasses
+
+import numpy as np
+
+SOURCES = ("train", "test", "database")
+PROTOCOLS = ("dlbhc", "dbr", "dhn", "cifar10-1", "nuswide", "imagenet100", "folder")
+DEFAULT_TOP = {"dlbhc": 1000, "dbr": 1000, "dhn": "all", "cifar10-1": "all", "nuswide": 5000, "imagenet100": 1000, "folder": "all"}
+# The DHN/DeepHash ports' CIFAR-10 split: per class, this many queries and training images.
+DHN_QUERIES_PER_CLASS = 100
+DHN_TRAIN_PER_CLASS = 500
+
+
+class ProtocolError(ValueError):
+    """A protocol that cannot be applied to this data; the message is meant for the user."""
+
+
+@dataclasses.dataclass
+class Items:
+    """A set of items named by the split they come from and their position in it."""
+
+    sources: np.ndarray  # uint8 indices into SOURCES, shape [n]
+    positions: np.ndarray  # int64 positions within that source, shape [n]
+
+    def __len__(self):
+        return len(self.positions)
+
+    def subset(self, index):
+        return Items(self.sources[index], self.positions[index])
+
+    def gather(self, arrays):
+        """Rows of `arrays` (one array per source, `None` where absent) for these items, in order."""
+        first = next(array for array in arrays if array is not None)
+        out = np.empty((len(self), *first.shape[1:]), dtype=first.dtype)
+        for source_index, array in enumerate(arrays):
+            mask = self.sources == source_index
+            if mask.any():
+                out[mask] = array[self.positions[mask]]
+        return out
+
+
+@dataclasses.dataclass
+class Split:
+    """A protocol applied to one dataset: the training items, the database and the queries."""
+
+    protocol: str
+    train: Items
+    database: Items
+    queries: Items
+    top: object  # the protocol's own k: an int or "all"
+
+
+def default_protocol(dataset_name):
+    """The protocol a dataset is evaluated under unless `--protocol` says otherwise."""
+    if dataset_name.startswith(("folder:", "list:")):
+        return "folder"
+    return "dlbhc"
+
+
+def make_split(protocol, labels_by_source, seed):
+    """Applies `protocol` to a dataset's labels, seeded.
+
+    Args:
+        protocol: one of `PROTOCOLS`.
+        labels_by_source: `(train_labels, test_labels, database_labels)`; the last is
+            `None` unless the data has a separate database list. Labels are int [n]
+            or multi-hot [n, C].
+        seed: the split seed.
+
+    Returns:
+        A `Split`.
+    """
+    if protocol not in PROTOCOLS:
+        raise ProtocolError(f"`protocol` must be one of {PROTOCOLS}. Received: protocol={protocol!r}")
+    train_labels, test_labels, database_labels = labels_by_source
+    train, test = _whole(0, len(train_labels)), _whole(1, len(test_labels))
+    if protocol in ("dhn", "cifar10-1"):
+        return _pooled_split(protocol, train_labels, test_labels, seed)
+    database = train
+    if protocol in ("nuswide", "imagenet100", "folder") and database_labels is not None:
+        database = _whole(2, len(database_labels))
+    return Split(protocol, train=train, database=database, queries=test, top=DEFAULT_TOP[protocol])
+
+
+def _whole(source_index, size):
+    return Items(np.full(size, source_index, dtype=np.uint8), np.arange(size, dtype=np.int64))
+
+
+def _pooled_split(protocol, train_labels, test_labels, seed):
+    """DHN's CIFAR-10 split: pool train and test, draw queries and training images per class."""
+    if np.ndim(train_labels) != 1:
+        raise ProtocolError(f"--protocol {protocol} needs single-label data: it draws a fixed number of images per class")
+    pool = Items(
+        np.concatenate([np.zeros(len(train_labels), np.uint8), np.ones(len(test_labels), np.uint8)]),
+        np.concatenate([np.arange(len(train_labels)), np.arange(len(test_labels))]).astype(np.int64),
+    )
+    pool_labels = np.concatenate([train_labels, test_labels])
+    per_class = DHN_QUERIES_PER_CLASS + DHN_TRAIN_PER_CLASS
+    classes, counts = np.unique(pool_labels, return_counts=True)
+    if counts.min() < per_class:
+        raise ProtocolError(f"--protocol {protocol} needs {per_class} images of every class in train+test together")
+    rng = np.random.default_rng(seed)
+    queries, training = [], []
+    for label in classes:
+        of_class = rng.permutation(np.flatnonzero(pool_labels == label))
+        queries.append(of_class[:DHN_QUERIES_PER_CLASS])
+        training.append(of_class[DHN_QUERIES_PER_CLASS:per_class])
+    queries, training = np.sort(np.concatenate(queries)), np.sort(np.concatenate(training))
+    excluded = queries if protocol == "cifar10-1" else np.concatenate([queries, training])
+    database = np.setdiff1d(np.arange(len(pool_labels)), excluded)
+    return Split(protocol, train=pool.subset(training), database=pool.subset(database), queries=pool.subset(queries), top=DEFAULT_TOP[protocol])
