@@ -1,0 +1,109 @@
+"""Run rows of the methods x bits x protocol grid and tabulate them beside the published numbers.
+
+    python reproduce.py --methods dbr dlbhc --bits 12 48 --protocol dlbhc \\
+        --data-dir ../shared/datasets/cifar10-jpeg.tar.gz
+    python reproduce.py --methods dhn --bits 48 --protocol dhn --table-only
+
+Each cell is one `retrieval.py` run, in its own process (paths relative to the current folder), into
+`<out>/<dataset>-<protocol>-<method>-<bits>b/`; a cell whose run already finished is
+not run again, and an interrupted one is resumed, so the grid can be stopped and
+restarted. `results.md` in `<out>` then lists every cell (measured, or "not measured")
+with the command that reproduces it, followed by the seeds' published numbers for the
+same protocol. Published rows whose data cannot be had offline say so.
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+RESULTS_FILE = "results.md"
+
+# The seeds' published mAP, by (protocol, dataset): source, network, {bits: mAP}, and a note.
+PUBLISHED = [
+    ("dlbhc", "cifar10", "DLBHC (Lin et al., CVPRW 2015), mAP@1000", "AlexNet, ImageNet-pretrained", {12: 0.8930, 32: 0.8972, 48: 0.8973}, ""),
+    ("dhn", "cifar10", "DHN paper (Zhu et al., AAAI 2016), mAP@all", "AlexNet, ImageNet-pretrained", {12: 0.555, 24: 0.594, 32: 0.603, 48: 0.621}, ""),
+    ("dhn", "cifar10", "DHN PyTorch port, mAP@all", "AlexNet, ImageNet-pretrained", {16: 0.7275, 32: 0.7353, 48: 0.7302, 128: 0.7386}, ""),
+    ("dnnh", "cub200", "DNNH (Lai et al., CVPR 2015) port, ResNet-18", "ResNet-18, ImageNet-pretrained", {16: 0.6384, 64: 0.7059}, "CUB-200 cannot be had offline here: not run"),
+    ("dnnh", "stanford_dogs", "DNNH port, ResNet-18", "ResNet-18, ImageNet-pretrained", {16: 0.7127, 64: 0.7615}, "Stanford Dogs cannot be had offline here: not run"),
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["dbr", "dlbhc"], help="methods to run (default: %(default)s)")
+    parser.add_argument("--bits", nargs="+", type=int, default=[12, 48], help="code lengths (default: %(default)s)")
+    parser.add_argument("--protocol", default="dlbhc", help="evaluation protocol (default: %(default)s)")
+    parser.add_argument("--dataset", default="cifar10", help="dataset (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="offline dataset copy (default: download)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per run (default: %(default)s)")
+    parser.add_argument("--out", default="runs/reproduce", help="folder of the grid's runs and results.md (default: %(default)s)")
+    parser.add_argument("--table-only", action="store_true", help="write results.md from the runs already there; train nothing")
+    parser.add_argument("extra", nargs="*", help="further retrieval.py arguments, after --")
+    return parser
+
+
+def cell_command(args, method, bits, out):
+    """The `retrieval.py` command line of one cell."""
+    command = ["retrieval.py", "--dataset", args.dataset, "--protocol", args.protocol, "--method", method,
+               "-l", str(bits), "-e", str(args.epochs), "--out", str(out), *args.extra]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    return command
+
+
+def run_cell(command, out):
+    """Runs one cell, or resumes it if it was interrupted. Returns its metrics, or None if it failed."""
+    argv = ["retrieval.py", "--resume", "--out", str(out)] if (out / "config.json").is_file() else command
+    status = subprocess.run([sys.executable, str(REPO / argv[0]), *argv[1:]]).returncode
+    if status != 0:
+        print(f"reproduce.py: python {shlex.join(command)} failed with status {status}", file=sys.stderr)
+        return None
+    return json.loads((out / "metrics.json").read_text())
+
+
+def results_table(args, cells):
+    """Markdown: our measured cells, then the published numbers for this protocol and dataset."""
+    lines = [f"## {args.dataset}, protocol {args.protocol}", "",
+             "| method | bits | mAP | query accuracy | train s | device | command |", "|---|---|---|---|---|---|---|"]
+    for (method, bits), (command, metrics) in cells.items():
+        if metrics is None:
+            lines.append(f"| {method} | {bits} | not measured | | | | `python {shlex.join(command)}` |")
+            continue
+        key = f"mAP@{metrics['top']}"
+        accuracy = f"{metrics['query_accuracy']:.4f}" if "query_accuracy" in metrics else ""
+        lines.append(f"| {method} | {bits} | {metrics[key]:.4f} ({key}) | {accuracy} | {metrics['timings']['train_seconds']:.0f} "
+                     f"| {metrics['device']} | `python {shlex.join(command)}` |")
+    published = [row for row in PUBLISHED if row[0] == args.protocol or row[0] in args.methods]
+    if published:
+        lines += ["", "Published:", "", "| source | data | network | mAP by bits | note |", "|---|---|---|---|---|"]
+        for _, dataset, source, network, by_bits, note in published:
+            values = ", ".join(f"{bits}: {value:.4f}" for bits, value in by_bits.items())
+            lines.append(f"| {source} | {dataset} | {network} | {values} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out_root = Path(args.out)
+    out_root.mkdir(parents=True, exist_ok=True)
+    cells = {}
+    for method in args.methods:
+        for bits in args.bits:
+            out = out_root / f"{args.dataset}-{args.protocol}-{method}-{bits}b"
+            command = cell_command(args, method, bits, out)
+            metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else None
+            if metrics is None and not args.table_only:
+                metrics = run_cell(command, out)
+            cells[(method, bits)] = (command, metrics)
+    table = results_table(args, cells)
+    (out_root / RESULTS_FILE).write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
