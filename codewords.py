@@ -15,6 +15,10 @@ distance while still holding one word per class. This keeps every class distinct
 at every length from 8 to 256, which the original tool did not (it produced codes
 of the wrong width for most lengths). `min_distance` reports the minimum pairwise
 Hamming distance that results; the CLI writes it to `metrics.json`.
+
+The `hadamard` method uses `hadamard_codewords` instead: rows of a Sylvester
+Hadamard matrix, which are at Hamming distance exactly `bits / 2` from each other
+when `bits` is a power of 2 (the largest distance possible for that many words).
 """
 
 import functools
@@ -93,6 +97,88 @@ def class_codewords(num_classes, bits, code_type="origin"):
     if remainder:
         parts.append(_remainder_block(remainder, num_classes))
     return np.concatenate(parts, axis=1)
+
+
+def sylvester_hadamard(order):
+    """The Sylvester Hadamard matrix of a power-of-2 order: `H_1 = [1]`, `H_2n = [[H, H], [H, -H]]`.
+
+    Args:
+        order: matrix size, a power of 2.
+
+    Returns:
+        int8 array of shape `[order, order]` with entries +1/-1; its rows are
+        mutually orthogonal, so any two differ in exactly `order / 2` places.
+        Row 0 is all +1.
+    """
+    if order < 1 or order & (order - 1):
+        raise ValueError(f"`order` must be a power of 2. Received: order={order}")
+    matrix = np.ones((1, 1), dtype=np.int8)
+    while len(matrix) < order:
+        matrix = np.block([[matrix, matrix], [matrix, -matrix]])
+    return matrix
+
+
+def hadamard_codewords(num_classes, bits):
+    """Target codewords for `num_classes` classes from the rows of a Hadamard matrix.
+
+    The matrix is the Sylvester one of order `bits` when `bits` is a power of 2,
+    else of the next larger power of 2, truncated to its first `bits` columns
+    (no Hadamard matrix of order `bits` is built then). Entry +1 becomes bit 1,
+    -1 bit 0. Row 0 (all +1) is never used: it would make one class's target
+    the all-ones word, which a sigmoid layer reaches by saturating every unit
+    whatever the image, an uninformative code. Rows are picked
+    farthest-first (the next row is the one farthest, in Hamming distance, from
+    those already picked; ties go to the lower row; the first is row 1). For a
+    power-of-2 `bits` every pair of rows is at distance `bits / 2`, so this is
+    simply rows `1..num_classes`; after truncation it keeps the minimum distance
+    higher than taking rows in order (e.g. 12 instead of 8 at 24 bits, 10
+    classes). `min_distance` of the result is what the CLI reports.
+
+    Args:
+        num_classes: number of classes, 2 to `order - 1` where `order` is the
+            smallest power of 2 that is at least `bits`.
+        bits: code length, at least 2.
+
+    Returns:
+        uint8 array of shape `[num_classes, bits]` with values 0/1; row `c` is the
+        target of class `c`.
+
+    Example:
+
+    >>> table = hadamard_codewords(10, 16)
+    >>> table.shape, min_distance(table)
+    ((10, 16), 8)
+    """
+    if bits < 2:
+        raise ValueError(f"`bits` must be at least 2. Received: bits={bits}")
+    order = 1 << (bits - 1).bit_length()
+    usable_rows = order - 1
+    if not 2 <= num_classes <= usable_rows:
+        raise ValueError(
+            f"Hadamard codewords of {bits} bits come from a Hadamard matrix of order {order}, "
+            f"which has {usable_rows} usable rows (all but the all-ones row): they serve 2 to "
+            f"{usable_rows} classes; use more bits for more classes. "
+            f"Received: num_classes={num_classes}, bits={bits}"
+        )
+    rows = (sylvester_hadamard(order)[1:, :bits] > 0).astype(np.uint8)
+    chosen = _farthest_first(rows, num_classes)
+    table = rows[chosen]
+    if min_distance(table) == 0:  # cannot happen for bits > order / 2; kept as a guard
+        raise ValueError(f"Truncated Hadamard rows collide. Received: num_classes={num_classes}, bits={bits}")
+    return table
+
+
+def _farthest_first(rows, count):
+    """Indices of `count` rows, each next one the farthest from those chosen (ties: lowest index)."""
+    chosen = [0]
+    distance_to_chosen = (rows != rows[0]).sum(axis=1)
+    distance_to_chosen[0] = -1
+    while len(chosen) < count:
+        best = int(np.argmax(distance_to_chosen))
+        chosen.append(best)
+        distance_to_chosen = np.minimum(distance_to_chosen, (rows != rows[best]).sum(axis=1))
+        distance_to_chosen[chosen] = -1
+    return np.array(chosen)
 
 
 def min_distance(codewords):

@@ -29,7 +29,9 @@ import rundir
 # implements it (models.ARCHS, methods.METHODS, train.OPTIMIZERS) by the tests;
 # they are repeated here so that parsing never imports Keras.
 ARCHS = ("dbr", "resnet")
-METHODS = ("dbr", "dlbhc")
+METHODS = ("dbr", "dlbhc", "dhn", "dnnh", "hadamard")
+# Methods whose batches are P classes x K images (methods' `batch_classes`).
+CLASS_BATCH_METHODS = ("dnnh",)
 SCHEDULES = ("constant", "cosine")
 OPTIMIZER_NAMES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam"}
 CODE_TYPE_NAMES = {"1": "origin", "origin": "origin", "2": "hamming74", "hamming74": "hamming74"}
@@ -43,6 +45,9 @@ DEFAULTS = {
     "arch": "resnet",
     "method": "dbr",
     "batch_size": 32,
+    "lambda": 1.0,
+    "classes_per_batch": 8,
+    "images_per_class": 4,
     "schedule": "cosine",
     "seed": 0,
     "dataset": "cifar10",
@@ -77,7 +82,11 @@ def build_parser():
     add("--data-dir", default=None, help="offline copy to read instead of downloading: CIFAR-10 python batches, train/test image folders, a .tar.gz of either, or IDX .gz files (default: download with keras.datasets)")
     add("--arch", default=DEFAULTS["arch"], help=f"network: {' or '.join(ARCHS)} (default: %(default)s)")
     add("--method", default=DEFAULTS["method"], help=f"training method: {' or '.join(METHODS)} (default: %(default)s)")
-    add("--batch-size", type=int, default=DEFAULTS["batch_size"], help="training batch size (default: %(default)s)")
+    add("--batch-size", type=int, default=None, help=f"training batch size; not with --method dnnh, whose batches are --classes-per-batch x --images-per-class images (default: {DEFAULTS['batch_size']})")
+    add("--lambda", dest="lambda_", type=float, default=None, help=f"--method dhn: weight of the quantisation penalty, 0 or more (default: {DEFAULTS['lambda']})")
+    add("--margin", type=float, default=None, help="--method dnnh: triplet margin on the relaxed codes in [-1, 1], positive (default: bits/4)")
+    add("--classes-per-batch", type=int, default=None, help=f"--method dnnh: P, distinct classes per batch, 2 or more (default: {DEFAULTS['classes_per_batch']}, or the number of classes if fewer)")
+    add("--images-per-class", type=int, default=None, help=f"--method dnnh: K, images of each class per batch, 2 or more (default: {DEFAULTS['images_per_class']})")
     add("--schedule", default=DEFAULTS["schedule"], help="learning rate schedule: constant, or cosine (5%% linear warm-up, then cosine decay to 0) (default: %(default)s)")
     add("--lr", type=float, default=None, help="learning rate (default: the optimizer's own, see --optimizer)")
     add("--seed", type=int, default=DEFAULTS["seed"], help="seed of the splits, the query draw and training (default: %(default)s)")
@@ -97,7 +106,7 @@ def resolve_args(args):
     for flag, value in (("--queries", args.queries), ("--train-size", args.train_size), ("--val-size", args.val_size)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
@@ -110,6 +119,8 @@ def resolve_args(args):
         _check_choice("--code-type", args.code_type, tuple(CODE_TYPE_NAMES))
         if args.method != "dbr":
             raise UsageError(f"--code-type applies to --method dbr only, not --method {args.method}")
+    _check_method_options(args)
+    class_batches = args.method in CLASS_BATCH_METHODS
     config = {
         "bits": args.bits,
         "queries": args.queries,
@@ -123,7 +134,11 @@ def resolve_args(args):
         "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
         "arch": args.arch,
         "method": args.method,
-        "batch_size": args.batch_size,
+        "batch_size": None if class_batches else args.batch_size or DEFAULTS["batch_size"],  # dnnh: P*K, set by run
+        "lambda": (DEFAULTS["lambda"] if args.lambda_ is None else args.lambda_) if args.method == "dhn" else None,
+        "margin": (args.bits / 4 if args.margin is None else args.margin) if args.method == "dnnh" else None,
+        "classes_per_batch": args.classes_per_batch,  # dnnh: None until run knows the number of classes
+        "images_per_class": (args.images_per_class or DEFAULTS["images_per_class"]) if class_batches else None,
         "lr": args.lr,
         "schedule": args.schedule,
         "seed": args.seed,
@@ -131,6 +146,24 @@ def resolve_args(args):
         "out": str(Path(args.out or _default_out(args))),
     }
     return config
+
+
+def _check_method_options(args):
+    """The flags of one method: each only with its method, each in range."""
+    owners = (("--lambda", args.lambda_, ("dhn",)), ("--margin", args.margin, ("dnnh",)),
+              ("--classes-per-batch", args.classes_per_batch, CLASS_BATCH_METHODS), ("--images-per-class", args.images_per_class, CLASS_BATCH_METHODS))
+    for flag, value, methods_using in owners:
+        if value is not None and args.method not in methods_using:
+            raise UsageError(f"{flag} applies to --method {' or '.join(methods_using)} only, not --method {args.method}")
+    if args.batch_size is not None and args.method in CLASS_BATCH_METHODS:
+        raise UsageError(f"--batch-size does not apply to --method {args.method}: its batches are --classes-per-batch x --images-per-class images")
+    if args.lambda_ is not None and not args.lambda_ >= 0:
+        raise UsageError(f"--lambda must be 0 or more, got {args.lambda_}")
+    if args.margin is not None and not args.margin > 0:
+        raise UsageError(f"--margin must be positive, got {args.margin}")
+    for flag, value in (("--classes-per-batch", args.classes_per_batch), ("--images-per-class", args.images_per_class)):
+        if value is not None and value < 2:
+            raise UsageError(f"{flag} must be at least 2, got {value}")
 
 
 def _check_choice(flag, value, choices):
@@ -239,6 +272,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
     top, note = resolve_top(config["top"], len(db_y))
     if note:
         log(note)
+    config = _resolve_class_batches(config, db_y, log)
     timings["data_seconds"] = time.perf_counter() - started
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -314,11 +348,32 @@ def _gather(dataset, split):
     return dataset.x_train[db_index], dataset.y_train[db_index], query_x[query_index], query_y[query_index]
 
 
+def _resolve_class_batches(config, train_y, log):
+    """For P x K batches (`dnnh`): P (default clipped to the classes present), K checked, batch size P*K."""
+    if config["method"] not in CLASS_BATCH_METHODS:
+        return config
+    groups = train_y if train_y.ndim == 1 else np.argmax(train_y, axis=1)  # multi-hot: grouped by first label
+    class_sizes = np.unique(groups, return_counts=True)[1]
+    classes_per_batch, images_per_class = config["classes_per_batch"], config["images_per_class"]
+    if classes_per_batch is None:
+        classes_per_batch = min(DEFAULTS["classes_per_batch"], len(class_sizes))
+        if classes_per_batch < DEFAULTS["classes_per_batch"]:
+            log(f"note: --classes-per-batch {DEFAULTS['classes_per_batch']} clipped to the number of classes, {classes_per_batch}")
+    if classes_per_batch > len(class_sizes):
+        raise UsageError(f"--classes-per-batch must be at most the number of classes, {len(class_sizes)}, got {classes_per_batch}")
+    if images_per_class > class_sizes.min():
+        raise UsageError(f"--images-per-class must be at most the smallest class's {class_sizes.min()} training images, got {images_per_class}")
+    return {**config, "classes_per_batch": int(classes_per_batch), "batch_size": int(classes_per_batch * images_per_class)}
+
+
 def _make_method(config, num_classes):
     import methods
 
     try:
-        return methods.make_method(config["method"], num_classes, config["bits"], config["code_type"])
+        return methods.make_method(
+            config["method"], num_classes, config["bits"], config["code_type"],
+            quantization_weight=config.get("lambda"), margin=config.get("margin"),
+        )
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -337,12 +392,21 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
     model_path, backup_dir = out / rundir.MODEL_FILE, out / rundir.BACKUP_DIR
     if model_path.is_file():
         return keras.saving.load_model(model_path), config["epochs"], 0.0
+    targets = method.targets(y)
+    if method.batch_classes:
+        import batches
+
+        inputs = batches.ClassBalancedBatches(x, targets, y, config["classes_per_batch"], config["images_per_class"], seed=config["seed"])
+        fit_data, steps_per_epoch = {"x": inputs}, len(inputs)
+    else:
+        fit_data = {"x": x, "y": targets, "batch_size": config["batch_size"]}
+        steps_per_epoch = _steps_per_epoch(len(y), config["batch_size"])
     with train.distribution_scope():
         encoder = models.build_encoder(config["arch"], x.shape[1:], config["bits"], config["extra_layer"])
         model = method.training_model(encoder)
         model.compile(
             optimizer=train.make_optimizer(
-                config["optimizer"], config["lr"], config["schedule"], max(1, config["epochs"] * _steps_per_epoch(len(y), config["batch_size"]))
+                config["optimizer"], config["lr"], config["schedule"], max(1, config["epochs"] * steps_per_epoch)
             ),
             loss=method.loss(),
             metrics=method.metrics(),
@@ -351,10 +415,7 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
     if start_epoch and verbose:
         print(f"resuming from epoch {start_epoch} of {config['epochs']}")
     started = time.perf_counter()
-    train.fit_resumable(
-        model, x, method.targets(y), epochs=config["epochs"], batch_size=config["batch_size"],
-        backup_dir=backup_dir, verbose=verbose, callbacks=callbacks,
-    )
+    train.fit_resumable(model, **fit_data, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks)
     seconds = time.perf_counter() - started
     with rundir.atomic_path(model_path) as temporary:
         model.save(temporary)

@@ -112,7 +112,7 @@ def resumed_epoch(backup_dir):
     return int(json.loads(metadata.read_text())["epoch"])
 
 
-def fit_resumable(model, x, y, *, epochs, batch_size, backup_dir, verbose=1, callbacks=()):
+def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verbose=1, callbacks=()):
     """Runs `model.fit`, saving state every epoch and resuming from `backup_dir` if it holds any.
 
     The backup is kept after training (`delete_checkpoint=False`): the caller
@@ -121,10 +121,15 @@ def fit_resumable(model, x, y, *, epochs, batch_size, backup_dir, verbose=1, cal
 
     Args:
         model: a compiled `keras.Model`.
-        x: training inputs.
-        y: training targets.
+        x: training inputs, shuffled into batches of `batch_size`; or a
+            `keras.utils.PyDataset` that yields its own `(inputs, targets)`
+            batches in its own order (e.g. `batches.ClassBalancedBatches` for
+            methods with `batch_classes`), with `y` and `batch_size` left `None`;
+            if it has `epoch_callback()`, that callback is added (so it knows
+            which epoch, resumed ones included, it serves).
+        y: training targets. Defaults to `None` (for a `PyDataset`).
         epochs: total number of epochs, counting those already done.
-        batch_size: examples per step.
+        batch_size: examples per step. Defaults to `None` (for a `PyDataset`).
         backup_dir: folder for `BackupAndRestore`'s state.
         verbose: 0 silent, 1 a progress bar per epoch. Defaults to 1.
         callbacks: further Keras callbacks, run after the backup. Defaults to `()`.
@@ -133,12 +138,19 @@ def fit_resumable(model, x, y, *, epochs, batch_size, backup_dir, verbose=1, cal
         The `History` of this call (epochs run now only).
     """
     backup = keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
+    own_batches = isinstance(x, keras.utils.PyDataset)
+    if own_batches and (y is not None or batch_size is not None):
+        raise ValueError(
+            "With a `PyDataset` as `x`, `y` and `batch_size` must be `None`: it yields its own batches. "
+            f"Received: y={'None' if y is None else 'an array'}, batch_size={batch_size}"
+        )
+    own_callbacks = [x.epoch_callback()] if hasattr(x, "epoch_callback") else []
     return model.fit(
         x,
         y,
         epochs=epochs,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=not own_batches,  # a PyDataset's batch order is its own (seeded) choice
         verbose=verbose,
-        callbacks=[backup, *callbacks],
+        callbacks=[backup, *own_callbacks, *callbacks],
     )

@@ -69,8 +69,8 @@ def test_dlbhc_loss_is_cross_entropy_on_the_classifier():
 def test_code_type_only_for_dbr():
     with pytest.raises(ValueError, match="method 'dbr' only"):
         methods.make_method("dlbhc", 10, 48, code_type="origin")
-    with pytest.raises(ValueError, match="method='dhn'"):
-        methods.make_method("dhn", 10, 48)
+    with pytest.raises(ValueError, match="method='hashnet'"):
+        methods.make_method("hashnet", 10, 48)
 
 
 @pytest.mark.parametrize("name, rate", [("adadelta", 1.0), ("sgd", 0.01), ("adam", 0.001)])

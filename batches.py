@@ -1,0 +1,152 @@
+"""Class-balanced batches: P classes x K images each, for losses that need positives and negatives.
+
+A triplet loss learns nothing from a batch in which no two images share a class
+(no positive) or all do (no negative). `ClassBalancedBatches` feeds `model.fit`
+batches of exactly `classes_per_batch` (P) distinct classes with
+`images_per_class` (K) images each, so every batch of `P * K` images holds
+`P * K * (K - 1) * (P - 1) * K` valid triplets.
+
+An epoch is `len(x) // (P * K)` batches (at least 1), so it shows about as many
+images as one pass over the data. Each batch draws its P classes without
+replacement, with probabilities proportional to the classes' sizes, and takes
+the next K images of each drawn class from a per-class shuffled queue that is
+reshuffled when fewer than K remain; so within an epoch an image recurs only
+after its whole class has been seen. Everything is drawn from
+`numpy.random.default_rng([seed, epoch])`: the same seed gives the same batches
+on every machine, and a resumed run gets the batches an uninterrupted run would
+have had. `fit` tells the data set its epoch through `epoch_callback()`
+(`train.fit_resumable` adds it): Keras's own `PyDataset.on_epoch_begin/end`
+hooks are also called while it builds the model, differently per backend, so
+counting them would drift.
+
+Example:
+
+>>> import numpy as np
+>>> labels = np.repeat(np.arange(5), 6)
+>>> batches = ClassBalancedBatches(np.zeros((30, 2)), labels, labels, classes_per_batch=3, images_per_class=2)
+>>> len(batches), batches[0][0].shape
+(5, (6, 2))
+"""
+
+import keras
+import numpy as np
+
+
+def primary_labels(labels):
+    """The class that groups an image: its integer label, or the first label of a multi-hot row.
+
+    Args:
+        labels: integer labels `[n]` or a 0/1 multi-hot matrix `[n, num_classes]`.
+
+    Returns:
+        int64 array `[n]`.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    has_label = labels.any(axis=1)
+    if not has_label.all():
+        raise ValueError(
+            f"Every image needs at least one label to be batched by class. "
+            f"Received: {int((~has_label).sum())} multi-hot rows without any label"
+        )
+    return np.argmax(labels, axis=1).astype(np.int64)
+
+
+def steps_per_epoch(num_images, classes_per_batch, images_per_class):
+    """Batches in one epoch: `num_images // (P * K)`, at least 1."""
+    return max(1, num_images // (classes_per_batch * images_per_class))
+
+
+class ClassBalancedBatches(keras.utils.PyDataset):
+    """A seeded `PyDataset` of batches of P distinct classes x K images of each.
+
+    Args:
+        x: inputs, an array `[n, ...]` indexed along its first axis.
+        y: targets, an array `[n, ...]` (what the loss receives as `y_true`).
+        labels: integer class labels `[n]`, or multi-hot `[n, num_classes]`
+            (an image is then grouped under its first label; the loss still
+            sees all of them through `y`).
+        classes_per_batch: P, distinct classes per batch, 2 or more and at most
+            the number of classes present.
+        images_per_class: K, images of each class per batch, 2 or more and at
+            most the size of the smallest class.
+        seed: seed of every draw. Defaults to 0.
+        **kwargs: `keras.utils.PyDataset` arguments (`workers`, ...).
+
+    Each item is `(x[batch], y[batch])` with the batch's `P * K` rows in class
+    blocks of K; `len()` is `steps_per_epoch(n, P, K)`.
+    """
+
+    def __init__(self, x, y, labels, classes_per_batch, images_per_class, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if len(x) != len(y) or len(x) != len(labels):
+            raise ValueError(
+                f"`x`, `y` and `labels` must have the same length. "
+                f"Received: len(x)={len(x)}, len(y)={len(y)}, len(labels)={len(labels)}"
+            )
+        groups = primary_labels(labels)
+        classes, sizes = np.unique(groups, return_counts=True)
+        if not 2 <= classes_per_batch <= len(classes):
+            raise ValueError(
+                f"`classes_per_batch` must be at least 2 and at most the {len(classes)} classes present. "
+                f"Received: classes_per_batch={classes_per_batch}"
+            )
+        if not 2 <= images_per_class <= sizes.min():
+            raise ValueError(
+                f"`images_per_class` must be at least 2 and at most the smallest class's "
+                f"{sizes.min()} images (class {classes[np.argmin(sizes)]}). Received: images_per_class={images_per_class}"
+            )
+        self.x, self.y = x, y
+        self.classes_per_batch, self.images_per_class = classes_per_batch, images_per_class
+        self.seed = seed
+        self.epoch = 0
+        self.class_members = [np.flatnonzero(groups == label) for label in classes]
+        self.class_weights = sizes / sizes.sum()
+        self.num_steps = steps_per_epoch(len(x), classes_per_batch, images_per_class)
+        self.plan = self.epoch_plan(self.epoch)
+
+    def epoch_plan(self, epoch):
+        """The `[steps, P * K]` image indices of every batch of `epoch`."""
+        rng = np.random.default_rng([self.seed, epoch])
+        queues = [rng.permutation(members) for members in self.class_members]
+        positions = [0] * len(queues)
+        plan = np.empty((self.num_steps, self.classes_per_batch * self.images_per_class), dtype=np.int64)
+        for step in range(self.num_steps):
+            drawn = rng.choice(len(queues), size=self.classes_per_batch, replace=False, p=self.class_weights)
+            blocks = []
+            for class_index in drawn:
+                if positions[class_index] + self.images_per_class > len(queues[class_index]):
+                    queues[class_index] = rng.permutation(self.class_members[class_index])
+                    positions[class_index] = 0
+                start = positions[class_index]
+                blocks.append(queues[class_index][start : start + self.images_per_class])
+                positions[class_index] = start + self.images_per_class
+            plan[step] = np.concatenate(blocks)
+        return plan
+
+    def __len__(self):
+        return self.num_steps
+
+    def __getitem__(self, index):
+        batch = self.plan[index]
+        return self.x[batch], self.y[batch]
+
+    def set_epoch(self, epoch):
+        """Serves the batches of `epoch` from now on."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.plan = self.epoch_plan(epoch)
+
+    def epoch_callback(self):
+        """A Keras callback that calls `set_epoch` at the start of every epoch of `fit`."""
+        return _SetEpoch(self)
+
+
+class _SetEpoch(keras.callbacks.Callback):
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
