@@ -32,6 +32,9 @@ ARCHS = ("dbr", "resnet")
 METHODS = ("dbr", "dlbhc", "dhn", "dnnh", "hadamard")
 # Methods whose batches are P classes x K images (methods' `batch_classes`).
 CLASS_BATCH_METHODS = ("dnnh",)
+# Methods that learn from multi-hot labels ("shares a label"), as methods.py says; the
+# others need one class per image, so `--dataset list:DIR` is refused for them.
+MULTI_LABEL_METHODS = ("dhn", "dnnh")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZER_NAMES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam"}
 CODE_TYPE_NAMES = {"1": "origin", "origin": "origin", "2": "hamming74", "hamming74": "hamming74"}
@@ -78,8 +81,11 @@ def build_parser():
     add("-a", "--extra-layer", type=int, choices=(1, 2), default=1, help="1 no, 2 yes: a Dense(512)+ReLU block before the latent layer (default: %(default)s)")
     add("-c", "--code-type", default=None, help="target codewords of --method dbr: 1 or origin (12-bit lexicode), 2 or hamming74 (default: origin)")
     add("-n", "--train-size", type=int, default=None, help="seeded class-balanced draw of N training images, used for training and as the database (default: all)")
-    add("--dataset", default=DEFAULTS["dataset"], help=f"one of {', '.join(data.DATASETS)} (default: %(default)s)")
+    add("--dataset", default=DEFAULTS["dataset"], help=f"one of {', '.join(data.DATASETS)}; or your own images: folder:PATH (one sub-folder of images per class, optionally under train/ and test/) or list:DIR (DIR/train.txt, test.txt [, database.txt]: '<path> <0/1 label> ...' a line) (default: %(default)s)")
     add("--data-dir", default=None, help="offline copy to read instead of downloading: CIFAR-10 python batches, train/test image folders, a .tar.gz of either, or IDX .gz files (default: download with keras.datasets)")
+    add("--image-size", type=int, default=None, help=f"folder:/list: data: side in pixels of the square every image is resized (shorter side) and centre-cropped to, {data.MIN_IMAGE_SIZE}..{data.MAX_IMAGE_SIZE} (default: {data.DEFAULT_IMAGE_SIZE})")
+    add("--test-fraction", type=float, default=None, help=f"folder:PATH without train/ and test/: share of each class drawn (seeded, stratified) as test images (default: {data.DEFAULT_TEST_FRACTION})")
+    add("--image-root", default=None, help="list:DIR data: the folder the list files' image paths are relative to (default: DIR)")
     add("--arch", default=DEFAULTS["arch"], help=f"network: {' or '.join(ARCHS)} (default: %(default)s)")
     add("--method", default=DEFAULTS["method"], help=f"training method: {' or '.join(METHODS)} (default: %(default)s)")
     add("--batch-size", type=int, default=None, help=f"training batch size; not with --method dnnh, whose batches are --classes-per-batch x --images-per-class images (default: {DEFAULTS['batch_size']})")
@@ -112,7 +118,7 @@ def resolve_args(args):
         raise UsageError(f"--lr must be positive, got {args.lr}")
     _check_choice("--arch", args.arch, ARCHS)
     _check_choice("--method", args.method, METHODS)
-    _check_choice("--dataset", args.dataset, data.DATASETS)
+    dataset, own_data = _resolve_dataset(args)
     _check_choice("--optimizer", args.optimizer, tuple(OPTIMIZER_NAMES))
     _check_choice("--schedule", args.schedule, SCHEDULES)
     if args.code_type is not None:
@@ -130,8 +136,9 @@ def resolve_args(args):
         "extra_layer": args.extra_layer == 2,
         "code_type": _resolve_code_type(args),
         "train_size": args.train_size,
-        "dataset": args.dataset,
+        "dataset": dataset,
         "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        **own_data,
         "arch": args.arch,
         "method": args.method,
         "batch_size": None if class_batches else args.batch_size or DEFAULTS["batch_size"],  # dnnh: P*K, set by run
@@ -166,6 +173,90 @@ def _check_method_options(args):
             raise UsageError(f"{flag} must be at least 2, got {value}")
 
 
+def _resolve_dataset(args):
+    """Checks `--dataset` and the flags of own data (folder:/list:).
+
+    Returns:
+        `(dataset, own_data)`: the dataset name, own data's path made absolute
+        (so `--resume` works from any folder), and the config entries
+        `image_size`, `test_fraction`, `image_root` (None where they do not apply).
+    """
+    try:
+        kind, path = data.parse_dataset_name(args.dataset)
+    except ValueError:
+        raise UsageError(
+            f"--dataset must be one of {', '.join(data.DATASETS)}, got {args.dataset!r}; or folder:PATH "
+            f"(one sub-folder of images per class) or list:DIR (DIR/train.txt and test.txt)"
+        ) from None
+    for flag, value, kinds in (("--image-size", args.image_size, data.OWN_DATA_KINDS),
+                               ("--test-fraction", args.test_fraction, (data.FOLDER,)),
+                               ("--image-root", args.image_root, (data.LIST,))):
+        if value is not None and kind not in kinds:
+            raise UsageError(f"{flag} applies to --dataset {' or '.join(f'{name}:' for name in kinds)} only, not --dataset {args.dataset}")
+    if kind is not None and args.data_dir:
+        raise UsageError(f"--data-dir applies to --dataset {', '.join(data.DATASETS)}; --dataset {kind}: names its own path")
+    if args.image_size is not None and not data.MIN_IMAGE_SIZE <= args.image_size <= data.MAX_IMAGE_SIZE:
+        raise UsageError(f"--image-size must be between {data.MIN_IMAGE_SIZE} and {data.MAX_IMAGE_SIZE}, got {args.image_size}")
+    if args.test_fraction is not None and not 0 < args.test_fraction < 1:
+        raise UsageError(f"--test-fraction must be above 0 and below 1, got {args.test_fraction}")
+    if kind == data.LIST and args.method not in MULTI_LABEL_METHODS:
+        raise UsageError(
+            f"--dataset list: has multi-hot labels (an image may have several), which --method {args.method} "
+            f"cannot learn from: use --method {' or '.join(MULTI_LABEL_METHODS)}"
+        )
+    if kind is None:
+        return args.dataset, {"image_size": None, "test_fraction": None, "image_root": None}
+    return f"{kind}:{Path(path).expanduser().resolve()}", {
+        "image_size": args.image_size or data.DEFAULT_IMAGE_SIZE,  # to become the arch's input size
+        "test_fraction": args.test_fraction,  # None: data.DEFAULT_TEST_FRACTION, where it applies
+        "image_root": str(Path(args.image_root).expanduser().resolve()) if args.image_root else None,
+    }
+
+
+def _resolve_backbone(args):
+    """The flags of keras.applications backbones: only with one of them, in range, the weights file present.
+
+    Returns:
+        The config entries `weights` (`"imagenet"`, `"none"` or an absolute
+        path), `freeze_backbone`, `backbone_lr_scale` and `backbone_size`
+        (`None` where they do not apply).
+    """
+    if args.arch not in APPLICATION_INPUT_SIZES:
+        given = [f"--weights {args.weights}"] if args.weights not in (None, "none") else []
+        given += [flag for flag, value in (("--freeze-backbone", args.freeze_backbone or None), ("--backbone-lr-scale", args.backbone_lr_scale), ("--backbone-size", args.backbone_size)) if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} applies to the keras.applications archs ({', '.join(APPLICATION_INPUT_SIZES)}) only, not --arch {args.arch}, which trains from scratch")
+        return {"weights": "none", "freeze_backbone": False, "backbone_lr_scale": None, "backbone_size": None}
+    weights = _resolve_weights(args.weights or "imagenet")
+    if args.backbone_size is not None and args.backbone_size < MIN_BACKBONE_SIZE:
+        raise UsageError(f"--backbone-size must be at least {MIN_BACKBONE_SIZE}, got {args.backbone_size}")
+    if args.backbone_lr_scale is not None:
+        if not args.backbone_lr_scale > 0:
+            raise UsageError(f"--backbone-lr-scale must be positive, got {args.backbone_lr_scale}")
+        if args.freeze_backbone:
+            raise UsageError("--backbone-lr-scale and --freeze-backbone contradict each other: a frozen backbone does not learn")
+    # A randomly initialised backbone has nothing to preserve: it learns at the full rate.
+    default_scale = DEFAULTS["backbone_lr_scale"] if weights != "none" else 1.0
+    return {
+        "weights": weights,
+        "freeze_backbone": args.freeze_backbone,
+        "backbone_lr_scale": None if args.freeze_backbone else args.backbone_lr_scale or default_scale,
+        "backbone_size": args.backbone_size or APPLICATION_INPUT_SIZES[args.arch],
+    }
+
+
+def _resolve_weights(weights):
+    """`imagenet`, `none`, or the absolute path of an existing weights file (so `--resume` works from anywhere)."""
+    if weights in WEIGHTS_NAMES:
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--weights must be imagenet, none or a weights file; no file {weights}")
+    if not path.name.endswith((".h5", ".hdf5", ".keras")):
+        raise UsageError(f"--weights must be a .h5 weights file as keras.applications reads (or .keras), got {weights}")
+    return str(path.resolve())
+
+
 def _check_choice(flag, value, choices):
     if value not in choices:
         raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
@@ -192,7 +283,7 @@ def _resolve_code_type(args):
 
 def _default_out(args):
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{args.dataset}-{args.method}-{args.bits}b-{stamp}"
+    return Path("runs") / f"{data.dataset_slug(args.dataset)}-{args.method}-{args.bits}b-{stamp}"
 
 
 def select_split(config, dataset):
@@ -336,7 +427,10 @@ def run(config, verbose=1, resume=False, callbacks=()):
 
 def _load(config):
     try:
-        return data.load_dataset(config["dataset"], data_dir=config["data_dir"])
+        return data.load_dataset(
+            config["dataset"], data_dir=config["data_dir"], image_size=config.get("image_size"),
+            test_fraction=config.get("test_fraction"), image_root=config.get("image_root"), seed=config["seed"],
+        )
     except data.DataError as error:
         raise UsageError(str(error)) from None
 
@@ -493,6 +587,8 @@ def main(argv=None):
             rundir.check_out_dir(config["out"], overwrite=args.overwrite)
             if config["data_dir"]:
                 data.check_data_dir(config["data_dir"])
+            elif data.parse_dataset_name(config["dataset"])[0]:
+                data.check_dataset(config["dataset"], test_fraction=config["test_fraction"], image_root=config["image_root"])
         run(config, verbose=args.verbose, resume=args.resume)
     except (UsageError, rundir.RunDirError, data.DataError) as error:
         parser.error(str(error))
