@@ -37,8 +37,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 # Most elements one batch may hold: query rows x database codes x words for the XOR in the search
-# kernel, query rows x `top` for the metric arrays. 2**24 keeps each batch near 100-300 MB and was
-# the fastest setting measured by bench/eval_bench.py (10,000 x 50,000 codes, 48 bits, 2 cores).
+# kernel, query rows x `top` for the metric arrays. 2**24 keeps each batch near 100-200 MB; of
+# 2**22..2**25 it cost the least CPU time on bench/eval_bench.py's data (335 queries a batch),
+# though top_k, nearly 90% of the time, cares little.
 BATCH_ELEMENTS = 2**24
 
 # Machine word per backend: TensorFlow has uint64 bitwise ops and popcount; JAX without x64 has not.
@@ -63,18 +64,25 @@ def _keras_backend():
 
 
 def _tensorflow_kernels():
+    """TensorFlow kernels over uint64 words: XOR and popcount under XLA, then `tf.math.top_k`."""
     import tensorflow as tf
 
     words = tf.TensorSpec([None, None], tf.uint64)
 
-    def distances(query_words, db_words):
+    # XLA fuses XOR, popcount, sum and negation into one loop, about 8x faster than separate ops.
+    @tf.function(jit_compile=True)
+    def negated_distances(query_words, db_words):
         xor = tf.bitwise.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
         counts = tf.raw_ops.PopulationCount(x=xor)
-        return tf.reduce_sum(tf.cast(counts, tf.int32), axis=-1)
+        return -tf.reduce_sum(tf.cast(counts, tf.int32), axis=-1)
+
+    def distances(query_words, db_words):
+        return -negated_distances(query_words, db_words)
 
     def search(query_words, db_words, k):
-        # top_k keeps the lower index first among equal values, so ties go to the lower id.
-        negated, ids = tf.math.top_k(-distances(query_words, db_words), k=k)
+        # top_k stays outside XLA, whose CPU top_k sorts whole rows (about 20x slower). top_k
+        # keeps the lower index first among equal values, so ties go to the lower id.
+        negated, ids = tf.math.top_k(negated_distances(query_words, db_words), k=k)
         return -negated, ids
 
     return _HammingKernels(
@@ -85,6 +93,7 @@ def _tensorflow_kernels():
 
 
 def _jax_kernels():
+    """JAX kernels over uint32 words. Correct, but XLA's CPU top_k sorts whole rows: slow here."""
     import jax
     import jax.numpy as jnp
 
@@ -101,6 +110,7 @@ def _jax_kernels():
 
 
 def _numpy_kernels():
+    """NumPy kernels for backends without their own popcount; a stable argsort ranks."""
     def distances(query_words, db_words):
         xor = np.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
         return np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
@@ -316,16 +326,21 @@ class ExactHammingSearch:
         return distances, ids
 
 
-def _precision_and_average_precision(relevant):
-    """Precision at every rank and average precision, per query, from a `[b, top]` relevance mask.
+def _metric_sums(relevant):
+    """Sums over a batch of queries of precision@r for every rank r, and of average precision.
 
-    AP is the mean of precision@r over the ranks r holding a relevant item (DLBHC's mAP@top); a
-    query with no relevant item in its top list has AP 0.
+    Args:
+        relevant: bool array of shape `[b, top]`, whether the item at each rank is relevant.
+
+    Returns:
+        Tuple `(precision_sums, average_precision_sum)`: `float64` of shape `[top]`, and a float.
+        AP is the mean of precision@r over the ranks r holding a relevant item (DLBHC's mAP@top);
+        a query with no relevant item in its top list has AP 0.
     """
-    hits = np.cumsum(relevant, axis=1)
-    precision = hits / np.arange(1, relevant.shape[1] + 1)
-    average_precision = (precision * relevant).sum(axis=1) / np.maximum(hits[:, -1], 1)
-    return precision, average_precision
+    reciprocal_ranks = 1.0 / np.arange(1, relevant.shape[1] + 1)
+    hits = np.cumsum(relevant, axis=1, dtype=np.float64)  # relevant items within the top r
+    average_precision = (hits * relevant) @ reciprocal_ranks / np.maximum(hits[:, -1], 1)
+    return hits.sum(axis=0) * reciprocal_ranks, average_precision.sum()
 
 
 def evaluate_retrieval(
@@ -387,10 +402,11 @@ def evaluate_retrieval(
     for start in range(0, len(query_codes), batch_size):
         batch = slice(start, start + batch_size)
         _, ids = search.search(query_codes[batch], top)
-        relevant = db_labels[ids] == query_labels[batch, None]
-        precision, average_precision = _precision_and_average_precision(relevant)
-        precision_sums += precision.sum(axis=0)
-        average_precision_sum += average_precision.sum()
+        batch_precision_sums, batch_average_precision_sum = _metric_sums(
+            db_labels[ids] == query_labels[batch, None]
+        )
+        precision_sums += batch_precision_sums
+        average_precision_sum += batch_average_precision_sum
 
     precision_at_k = precision_sums / len(query_codes)
     return {

@@ -267,31 +267,42 @@ import json, keras
 from tests.test_evaluate import masked_search_results
 print(json.dumps({"backend": keras.backend.backend(), **masked_search_results()}))
 """
+JAX_INSTALLED = importlib.util.find_spec("jax") is not None
+# Keras's numpy backend has no kernels of its own here: it exercises the NumPy fallback.
+OTHER_BACKENDS = ["jax", "numpy"] if JAX_INSTALLED else ["numpy"]
+
+
+@pytest.fixture(scope="module")
+def backend_processes():
+    """One `BACKEND_SCRIPT` subprocess per other backend, all started at once to overlap imports."""
+    processes = {
+        backend: subprocess.Popen(
+            [sys.executable, "-c", BACKEND_SCRIPT],
+            cwd=REPO_ROOT,
+            env=dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(REPO_ROOT)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for backend in OTHER_BACKENDS
+    }
+    yield processes
+    for process in processes.values():
+        process.kill()
 
 
 @pytest.mark.parametrize(
     "backend",
     [
         pytest.param(
-            "jax",
-            marks=pytest.mark.skipif(
-                importlib.util.find_spec("jax") is None, reason="jax is not installed"
-            ),
+            "jax", marks=pytest.mark.skipif(not JAX_INSTALLED, reason="jax is not installed")
         ),
-        # Keras's numpy backend has no kernels of its own here: it exercises the NumPy fallback.
         "numpy",
     ],
 )
-def test_other_backend_matches_tensorflow(backend):
-    environment = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run(
-        [sys.executable, "-c", BACKEND_SCRIPT],
-        cwd=REPO_ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    other = json.loads(result.stdout.strip().splitlines()[-1])
+def test_other_backend_matches_tensorflow(backend, backend_processes):
+    stdout, stderr = backend_processes[backend].communicate(timeout=120)
+    assert backend_processes[backend].returncode == 0, stderr[-2000:]
+    other = json.loads(stdout.strip().splitlines()[-1])
     assert other.pop("backend") == backend
     assert other == masked_search_results()  # this process runs TensorFlow (tests/conftest.py)
