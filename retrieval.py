@@ -28,7 +28,11 @@ import rundir
 # The command-line vocabulary. Each name is checked against the registry that
 # implements it (models.ARCHS, methods.METHODS, train.OPTIMIZERS) by the tests;
 # they are repeated here so that parsing never imports Keras.
-ARCHS = ("dbr", "resnet")
+# keras.applications backbones and the side of the square they resize images to (models.APPLICATIONS).
+APPLICATION_INPUT_SIZES = {"resnet50": 224, "mobilenetv2": 224, "efficientnetb0": 224, "vgg16": 224}
+ARCHS = ("dbr", "resnet", *APPLICATION_INPUT_SIZES)
+MIN_BACKBONE_SIZE = 32  # the smallest input keras.applications takes for these networks
+WEIGHTS_NAMES = ("imagenet", "none")
 METHODS = ("dbr", "dlbhc", "dhn", "dnnh", "hadamard")
 # Methods whose batches are P classes x K images (methods' `batch_classes`).
 CLASS_BATCH_METHODS = ("dnnh",)
@@ -54,6 +58,7 @@ DEFAULTS = {
     "schedule": "cosine",
     "seed": 0,
     "dataset": "cifar10",
+    "backbone_lr_scale": 0.1,  # with pretrained weights: DLBHC trained its new layers 10x faster
 }
 ENCODE_BATCH_SIZE = 512
 
@@ -86,7 +91,11 @@ def build_parser():
     add("--image-size", type=int, default=None, help=f"folder:/list: data: side in pixels of the square every image is resized (shorter side) and centre-cropped to, {data.MIN_IMAGE_SIZE}..{data.MAX_IMAGE_SIZE} (default: {data.DEFAULT_IMAGE_SIZE})")
     add("--test-fraction", type=float, default=None, help=f"folder:PATH without train/ and test/: share of each class drawn (seeded, stratified) as test images (default: {data.DEFAULT_TEST_FRACTION})")
     add("--image-root", default=None, help="list:DIR data: the folder the list files' image paths are relative to (default: DIR)")
-    add("--arch", default=DEFAULTS["arch"], help=f"network: {' or '.join(ARCHS)} (default: %(default)s)")
+    add("--arch", default=DEFAULTS["arch"], help=f"network: dbr or resnet (trained from scratch), or a keras.applications backbone: {', '.join(APPLICATION_INPUT_SIZES)} (default: %(default)s)")
+    add("--weights", default=None, help="keras.applications archs: imagenet (downloaded once by Keras), none (random initialisation), or the path of a .h5 weights file, e.g. the ImageNet file copied to a machine without internet (default: imagenet; none for dbr and resnet)")
+    add("--freeze-backbone", action="store_true", help="keras.applications archs: train only the layers after the backbone; the backbone keeps its weights and runs in inference mode (batch norm, dropout)")
+    add("--backbone-lr-scale", type=float, default=None, help=f"keras.applications archs: the backbone's learning rate as a multiple of the rest's, positive (default: {DEFAULTS['backbone_lr_scale']} with pretrained weights, 1 with --weights none)")
+    add("--backbone-size", type=int, default=None, help=f"keras.applications archs: side of the square the model resizes every image to before the backbone, at least {MIN_BACKBONE_SIZE} (default: the backbone's own, 224)")
     add("--method", default=DEFAULTS["method"], help=f"training method: {' or '.join(METHODS)} (default: %(default)s)")
     add("--batch-size", type=int, default=None, help=f"training batch size; not with --method dnnh, whose batches are --classes-per-batch x --images-per-class images (default: {DEFAULTS['batch_size']})")
     add("--lambda", dest="lambda_", type=float, default=None, help=f"--method dhn: weight of the quantisation penalty, 0 or more (default: {DEFAULTS['lambda']})")
@@ -117,6 +126,7 @@ def resolve_args(args):
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     _check_choice("--arch", args.arch, ARCHS)
+    backbone = _resolve_backbone(args)
     _check_choice("--method", args.method, METHODS)
     dataset, own_data = _resolve_dataset(args)
     _check_choice("--optimizer", args.optimizer, tuple(OPTIMIZER_NAMES))
@@ -140,6 +150,7 @@ def resolve_args(args):
         "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None,
         **own_data,
         "arch": args.arch,
+        **backbone,
         "method": args.method,
         "batch_size": None if class_batches else args.batch_size or DEFAULTS["batch_size"],  # dnnh: P*K, set by run
         "lambda": (DEFAULTS["lambda"] if args.lambda_ is None else args.lambda_) if args.method == "dhn" else None,
@@ -211,6 +222,50 @@ def _resolve_dataset(args):
         "test_fraction": args.test_fraction,  # None: data.DEFAULT_TEST_FRACTION, where it applies
         "image_root": str(Path(args.image_root).expanduser().resolve()) if args.image_root else None,
     }
+
+
+def _resolve_backbone(args):
+    """The flags of keras.applications backbones: only with one of them, in range, the weights file present.
+
+    Returns:
+        The config entries `weights` (`"imagenet"`, `"none"` or an absolute
+        path), `freeze_backbone`, `backbone_lr_scale` and `backbone_size`
+        (`None` where they do not apply).
+    """
+    if args.arch not in APPLICATION_INPUT_SIZES:
+        given = [f"--weights {args.weights}"] if args.weights not in (None, "none") else []
+        given += [flag for flag, value in (("--freeze-backbone", args.freeze_backbone or None), ("--backbone-lr-scale", args.backbone_lr_scale), ("--backbone-size", args.backbone_size)) if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} applies to the keras.applications archs ({', '.join(APPLICATION_INPUT_SIZES)}) only, not --arch {args.arch}, which trains from scratch")
+        return {"weights": "none", "freeze_backbone": False, "backbone_lr_scale": None, "backbone_size": None}
+    weights = _resolve_weights(args.weights or "imagenet")
+    if args.backbone_size is not None and args.backbone_size < MIN_BACKBONE_SIZE:
+        raise UsageError(f"--backbone-size must be at least {MIN_BACKBONE_SIZE}, got {args.backbone_size}")
+    if args.backbone_lr_scale is not None:
+        if not args.backbone_lr_scale > 0:
+            raise UsageError(f"--backbone-lr-scale must be positive, got {args.backbone_lr_scale}")
+        if args.freeze_backbone:
+            raise UsageError("--backbone-lr-scale and --freeze-backbone contradict each other: a frozen backbone does not learn")
+    # A randomly initialised backbone has nothing to preserve: it learns at the full rate.
+    default_scale = DEFAULTS["backbone_lr_scale"] if weights != "none" else 1.0
+    return {
+        "weights": weights,
+        "freeze_backbone": args.freeze_backbone,
+        "backbone_lr_scale": None if args.freeze_backbone else args.backbone_lr_scale or default_scale,
+        "backbone_size": args.backbone_size or APPLICATION_INPUT_SIZES[args.arch],
+    }
+
+
+def _resolve_weights(weights):
+    """`imagenet`, `none`, or the absolute path of an existing weights file (so `--resume` works from anywhere)."""
+    if weights in WEIGHTS_NAMES:
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--weights must be imagenet, none or a weights file; no file {weights}")
+    if not path.name.endswith((".h5", ".hdf5", ".keras")):
+        raise UsageError(f"--weights must be a .h5 weights file as keras.applications reads (or .keras), got {weights}")
+    return str(path.resolve())
 
 
 def _resolve_backbone(args):
@@ -496,11 +551,19 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         fit_data = {"x": x, "y": targets, "batch_size": config["batch_size"]}
         steps_per_epoch = _steps_per_epoch(len(y), config["batch_size"])
     with train.distribution_scope():
-        encoder = models.build_encoder(config["arch"], x.shape[1:], config["bits"], config["extra_layer"])
+        try:
+            encoder = models.build_encoder(
+                config["arch"], x.shape[1:], config["bits"], config["extra_layer"],
+                weights=None if config.get("weights", "none") == "none" else config["weights"],
+                input_size=config.get("backbone_size"), freeze_backbone=config.get("freeze_backbone", False),
+            )
+        except models.WeightsError as error:
+            raise UsageError(str(error)) from None
         model = method.training_model(encoder)
         model.compile(
             optimizer=train.make_optimizer(
-                config["optimizer"], config["lr"], config["schedule"], max(1, config["epochs"] * steps_per_epoch)
+                config["optimizer"], config["lr"], config["schedule"], backbone_lr_scale=config.get("backbone_lr_scale"),
+                total_steps=max(1, config["epochs"] * steps_per_epoch)
             ),
             loss=method.loss(),
             metrics=method.metrics(),

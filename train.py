@@ -15,6 +15,9 @@ import json
 from pathlib import Path
 
 import keras
+from keras import ops
+
+import models
 
 # The optimisers the original tool offered, by name and by its numeric code.
 # Learning rates follow the original (Keras 2 defaults), not Keras 3's.
@@ -27,9 +30,11 @@ SCHEDULES = ("constant", "cosine")
 # Share of all steps spent warming the rate up from zero under the cosine schedule.
 WARMUP_FRACTION = 0.05
 BACKUP_METADATA = "training_metadata.json"
+# Learning rate of a pretrained backbone relative to the hash head (DLBHC trained its new layers 10x faster).
+BACKBONE_LR_SCALE = 0.1
 
 
-def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None):
+def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None):
     """Builds an optimiser by name with the original tool's settings.
 
     Args:
@@ -39,6 +44,10 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
             `WARMUP_FRACTION` of the steps, then cosine decay to zero at
             `total_steps`. Defaults to `"constant"`.
         total_steps: number of training steps; needed by `"cosine"`. Defaults to `None`.
+        backbone_lr_scale: a factor on the learning rate of the variables of a
+            `keras.applications` backbone (`models.in_backbone`); the optimiser
+            is then the `BackboneRateMixin` variant of `name`. Defaults to
+            `None`: one rate for every variable.
 
     Returns:
         A `keras.optimizers.Optimizer`.
@@ -53,6 +62,9 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         settings["learning_rate"] = learning_rate
     if schedule == "cosine":
         settings["learning_rate"] = _warmup_cosine(settings["learning_rate"], total_steps)
+    if backbone_lr_scale is not None:
+        optimizer_class = BACKBONE_RATE_OPTIMIZERS[name]
+        settings["backbone_lr_scale"] = backbone_lr_scale
     return optimizer_class(**settings)
 
 
@@ -66,6 +78,70 @@ def _warmup_cosine(peak_rate, total_steps):
         warmup_target=peak_rate,
         warmup_steps=warmup_steps,
     )
+
+
+class BackboneRateMixin:
+    """Scales the learning rate of a backbone's variables, as DLBHC fine-tuned slower than its new layers.
+
+    Keras 3 has no per-layer learning rates, and scaling the gradients instead
+    does nothing under Adam or Adadelta, whose steps do not depend on the
+    gradient's scale. Every Keras 3 optimiser updates each variable through
+    `update_step(gradient, variable, learning_rate)` (called from
+    `BaseOptimizer._backend_update_step` on JAX, from its TensorFlow override
+    on TensorFlow); this mixin multiplies `learning_rate` there by
+    `backbone_lr_scale` for the variables whose path lies under the backbone
+    (`models.in_backbone`), so a backbone variable takes exactly the step the
+    optimiser would take at the scaled rate, and the rest take the full rate.
+    Weight decay (unused here) is not scaled. Mixed into the optimisers of
+    `OPTIMIZERS` as `BACKBONE_RATE_OPTIMIZERS`, registered so that a
+    `model.keras` compiled with one loads again once this module is imported.
+
+    Args:
+        backbone_lr_scale: factor on the backbone's learning rate, positive.
+            Defaults to `BACKBONE_LR_SCALE`.
+        **kwargs: the optimiser's own arguments.
+
+    Example:
+
+    >>> optimizer = BackboneRateAdam(learning_rate=1e-3, backbone_lr_scale=0.1)
+    """
+
+    def __init__(self, *args, backbone_lr_scale=BACKBONE_LR_SCALE, **kwargs):
+        if not backbone_lr_scale > 0:
+            raise ValueError(f"`backbone_lr_scale` must be positive. Received: backbone_lr_scale={backbone_lr_scale}")
+        if keras.backend.backend() == "torch":  # its fused updates bypass update_step
+            raise NotImplementedError("A backbone learning-rate scale needs the TensorFlow or JAX backend.")
+        super().__init__(*args, **kwargs)
+        self.backbone_lr_scale = float(backbone_lr_scale)
+
+    def update_step(self, gradient, variable, learning_rate):
+        # On TensorFlow `variable` is the backend's own variable, which has no
+        # Keras path: look the Keras variable up by index, as Adam does for its moments.
+        keras_variable = self._trainable_variables[self._get_variable_index(variable)]
+        if models.in_backbone(keras_variable.path):
+            learning_rate = ops.multiply(learning_rate, self.backbone_lr_scale)
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone_lr_scale": self.backbone_lr_scale}
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class BackboneRateAdam(BackboneRateMixin, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with `backbone_lr_scale` times its rate on the backbone."""
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class BackboneRateSGD(BackboneRateMixin, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with `backbone_lr_scale` times its rate on the backbone."""
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class BackboneRateAdadelta(BackboneRateMixin, keras.optimizers.Adadelta):
+    """`keras.optimizers.Adadelta` with `backbone_lr_scale` times its rate on the backbone."""
+
+
+BACKBONE_RATE_OPTIMIZERS = {"adadelta": BackboneRateAdadelta, "sgd": BackboneRateSGD, "adam": BackboneRateAdam}
 
 
 def gpu_count():
