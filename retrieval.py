@@ -268,50 +268,6 @@ def _resolve_weights(weights):
     return str(path.resolve())
 
 
-def _resolve_backbone(args):
-    """The flags of keras.applications backbones: only with one of them, in range, the weights file present.
-
-    Returns:
-        The config entries `weights` (`"imagenet"`, `"none"` or an absolute
-        path), `freeze_backbone`, `backbone_lr_scale` and `backbone_size`
-        (`None` where they do not apply).
-    """
-    if args.arch not in APPLICATION_INPUT_SIZES:
-        given = [f"--weights {args.weights}"] if args.weights not in (None, "none") else []
-        given += [flag for flag, value in (("--freeze-backbone", args.freeze_backbone or None), ("--backbone-lr-scale", args.backbone_lr_scale), ("--backbone-size", args.backbone_size)) if value is not None]
-        if given:
-            raise UsageError(f"{given[0]} applies to the keras.applications archs ({', '.join(APPLICATION_INPUT_SIZES)}) only, not --arch {args.arch}, which trains from scratch")
-        return {"weights": "none", "freeze_backbone": False, "backbone_lr_scale": None, "backbone_size": None}
-    weights = _resolve_weights(args.weights or "imagenet")
-    if args.backbone_size is not None and args.backbone_size < MIN_BACKBONE_SIZE:
-        raise UsageError(f"--backbone-size must be at least {MIN_BACKBONE_SIZE}, got {args.backbone_size}")
-    if args.backbone_lr_scale is not None:
-        if not args.backbone_lr_scale > 0:
-            raise UsageError(f"--backbone-lr-scale must be positive, got {args.backbone_lr_scale}")
-        if args.freeze_backbone:
-            raise UsageError("--backbone-lr-scale and --freeze-backbone contradict each other: a frozen backbone does not learn")
-    # A randomly initialised backbone has nothing to preserve: it learns at the full rate.
-    default_scale = DEFAULTS["backbone_lr_scale"] if weights != "none" else 1.0
-    return {
-        "weights": weights,
-        "freeze_backbone": args.freeze_backbone,
-        "backbone_lr_scale": None if args.freeze_backbone else args.backbone_lr_scale or default_scale,
-        "backbone_size": args.backbone_size or APPLICATION_INPUT_SIZES[args.arch],
-    }
-
-
-def _resolve_weights(weights):
-    """`imagenet`, `none`, or the absolute path of an existing weights file (so `--resume` works from anywhere)."""
-    if weights in WEIGHTS_NAMES:
-        return weights
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise UsageError(f"--weights must be imagenet, none or a weights file; no file {weights}")
-    if not path.name.endswith((".h5", ".hdf5", ".keras")):
-        raise UsageError(f"--weights must be a .h5 weights file as keras.applications reads (or .keras), got {weights}")
-    return str(path.resolve())
-
-
 def _check_choice(flag, value, choices):
     if value not in choices:
         raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
