@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import data
+import protocols
 import rundir
 
 # The command-line vocabulary. Each name is checked against the registry that
@@ -105,6 +106,7 @@ def build_parser():
     add("--schedule", default=DEFAULTS["schedule"], help="learning rate schedule: constant, or cosine (5%% linear warm-up, then cosine decay to 0) (default: %(default)s)")
     add("--lr", type=float, default=None, help="learning rate (default: the optimizer's own, see --optimizer)")
     add("--seed", type=int, default=DEFAULTS["seed"], help="seed of the splits, the query draw and training (default: %(default)s)")
+    add("--protocol", default=None, help=f"evaluation protocol: {', '.join(protocols.PROTOCOLS)} (default: dlbhc for the named datasets, folder for folder:/list: data); see protocols.py")
     add("--val-size", type=int, default=None, help="hold out N training images (class-balanced) as the queries, leaving the test split untouched: for choosing settings (default: off)")
     add("--out", default=None, help="run folder (default: runs/<dataset>-<method>-<bits>b-<timestamp>)")
     add("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
@@ -129,6 +131,8 @@ def resolve_args(args):
     backbone = _resolve_backbone(args)
     _check_choice("--method", args.method, METHODS)
     dataset, own_data = _resolve_dataset(args)
+    if args.protocol is not None:
+        _check_choice("--protocol", args.protocol, protocols.PROTOCOLS)
     _check_choice("--optimizer", args.optimizer, tuple(OPTIMIZER_NAMES))
     _check_choice("--schedule", args.schedule, SCHEDULES)
     if args.code_type is not None:
@@ -161,6 +165,7 @@ def resolve_args(args):
         "schedule": args.schedule,
         "seed": args.seed,
         "val_size": args.val_size,
+        "protocol": args.protocol or protocols.default_protocol(args.dataset),
         "out": str(Path(args.out or _default_out(args))),
     }
     return config
@@ -298,33 +303,52 @@ def _default_out(args):
 
 
 def select_split(config, dataset):
-    """Chooses the database (also the training set) and the queries, all seeded; checks sizes.
+    """Applies the protocol, then `--val-size`, `--train-size` and `--queries`, all seeded; checks sizes.
 
     Returns:
-        A dict with `db_index` (positions in the training split), `query_index`
-        (positions in the query source) and `query_source`: `"test"`, or
-        `"validation"` when `--val-size` holds queries out of the training split.
+        A `protocols.Split`. With `--val-size`, the queries are held out of the
+        training split and the database is the rest of it: the test split is not
+        looked at, which is how settings are chosen.
     """
     seed = config["seed"]
-    db_index = np.arange(len(dataset.y_train))
-    query_source, query_index = "test", np.arange(len(dataset.y_test))
+    labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
+    try:
+        split = protocols.make_split(config["protocol"], labels, seed)
+    except protocols.ProtocolError as error:
+        raise UsageError(str(error)) from None
     if config["val_size"] is not None:
-        if config["val_size"] >= len(db_index):
-            raise UsageError(f"--val-size must be below the training split's {len(db_index)} images, got {config['val_size']}")
-        db_index, query_index = data.holdout_split(dataset.y_train, config["val_size"], seed)
-        query_source = "validation"
+        split = _validation_split(split, dataset.y_train, config["val_size"], seed)
     if config["train_size"] is not None:
-        num_classes = len(dataset.class_names)
-        if config["train_size"] < num_classes:
-            raise UsageError(f"--train-size must be at least the number of classes, {num_classes}, got {config['train_size']}")
-        if config["train_size"] > len(db_index):
-            raise UsageError(f"--train-size must be at most {len(db_index)} (the training images available), got {config['train_size']}")
-        db_index = db_index[_balanced(dataset.y_train[db_index], config["train_size"], seed)]
+        split = _smaller_training_set(split, dataset, config["train_size"], seed)
     if config["queries"] is not None:
-        if config["queries"] > len(query_index):
-            raise UsageError(f"--queries must be at most {len(query_index)} (the {query_source} split's size), got {config['queries']}")
-        query_index = query_index[data.draw_queries(len(query_index), config["queries"], seed)]
-    return {"db_index": db_index, "query_index": query_index, "query_source": query_source}
+        available = len(split.queries)
+        if config["queries"] > available:
+            source = "validation" if config["val_size"] else "test"
+            raise UsageError(f"--queries must be at most {available} (the {source} split's size), got {config['queries']}")
+        split.queries = split.queries.subset(data.draw_queries(available, config["queries"], seed))
+    return split
+
+
+def _validation_split(split, train_labels, val_size, seed):
+    """Queries held out of the training items; the database and training set are the rest of them."""
+    if val_size >= len(split.train):
+        raise UsageError(f"--val-size must be below the {len(split.train)} training images, got {val_size}")
+    rest, held_out = data.holdout_split(split.train.gather([train_labels, None, None]), val_size, seed)
+    remaining = split.train.subset(rest)
+    return protocols.Split(split.protocol, train=remaining, database=remaining, queries=split.train.subset(held_out), top=split.top)
+
+
+def _smaller_training_set(split, dataset, train_size, seed):
+    """`--train-size`: a class-balanced draw of the training items, which is also the database."""
+    if split.protocol not in ("dlbhc", "dbr"):
+        raise UsageError(f"--train-size applies to the dlbhc and dbr protocols, not {split.protocol}, whose training set is fixed")
+    num_classes = len(dataset.class_names)
+    if train_size < num_classes:
+        raise UsageError(f"--train-size must be at least the number of classes, {num_classes}, got {train_size}")
+    if train_size > len(split.train):
+        raise UsageError(f"--train-size must be at most {len(split.train)} (the training images available), got {train_size}")
+    drawn = split.train.subset(_balanced(split.train.gather([dataset.y_train, None, None]), train_size, seed))
+    return protocols.Split(split.protocol, train=drawn, database=drawn, queries=split.queries, top=split.top)
 
 
 def _balanced(labels, n, seed):
@@ -334,14 +358,20 @@ def _balanced(labels, n, seed):
         raise UsageError(f"--train-size: {error}") from None
 
 
-def resolve_top(top, database_size):
-    """The integer k to evaluate at, and a note for the user when the default had to be clipped."""
+def resolve_top(top, database_size, default=DEFAULT_TOP):
+    """The integer k to evaluate at, and a note for the user when the default had to be clipped.
+
+    Args:
+        top: `--top` as parsed: `None` (use `default`), `"all"` or an integer.
+        database_size: number of database items.
+        default: the protocol's own k, an integer or `"all"`. Defaults to `DEFAULT_TOP`.
+    """
+    if top is None:
+        top = default
+        if top != "all" and database_size < top:
+            return database_size, f"note: --top {top} clipped to the database size, {database_size}"
     if top == "all":
         return database_size, None
-    if top is None:
-        if database_size < DEFAULT_TOP:
-            return database_size, f"note: --top {DEFAULT_TOP} clipped to the database size, {database_size}"
-        return DEFAULT_TOP, None
     if top > database_size:
         raise UsageError(f"--top must be at most the database size, {database_size}, got {top}")
     return top, None
@@ -370,11 +400,15 @@ def run(config, verbose=1, resume=False, callbacks=()):
     started = time.perf_counter()
     dataset = _load(config)
     split = select_split(config, dataset)
-    db_x, db_y, query_x, query_y = _gather(dataset, split)
-    top, note = resolve_top(config["top"], len(db_y))
+    images = (dataset.x_train, dataset.x_test, getattr(dataset, "x_db", None))
+    labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
+    train_x, train_y = split.train.gather(images), split.train.gather(labels)
+    db_x, db_y = split.database.gather(images), split.database.gather(labels)
+    query_x, query_y = split.queries.gather(images), split.queries.gather(labels)
+    top, note = resolve_top(config["top"], len(db_y), split.top)
     if note:
         log(note)
-    config = _resolve_class_batches(config, db_y, log)
+    config = _resolve_class_batches(config, train_y, log)
     timings["data_seconds"] = time.perf_counter() - started
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -390,7 +424,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
     precision_policy = train.use_mixed_precision_on_gpu()
     num_classes = len(dataset.class_names)
     method = _make_method(config, num_classes)
-    model, trained_epochs, timings["train_seconds"] = _trained_model(config, method, db_x, db_y, out, verbose, callbacks)
+    model, trained_epochs, timings["train_seconds"] = _trained_model(config, method, train_x, train_y, out, verbose, callbacks)
 
     started = time.perf_counter()
     db_latent, query_latent, query_accuracy = _encode(model, db_x, query_x, query_y)
@@ -417,7 +451,10 @@ def run(config, verbose=1, resume=False, callbacks=()):
         f"precision@{top}": scores["precision"],
         "precision_at_k": [float(value) for value in scores["precision_at_k"]],
         **method.summary(),
-        "query_source": split["query_source"],
+        "protocol": split.protocol,
+        "split_seed": config["seed"],
+        "query_source": _query_source(config),
+        "num_train": len(train_y),
         "num_queries": len(query_y),
         "num_database": len(db_y),
         "epochs_trained": trained_epochs,
@@ -430,7 +467,8 @@ def run(config, verbose=1, resume=False, callbacks=()):
     rundir.write_json(out / rundir.METRICS_FILE, metrics)
     log(
         f"mAP@{top} = {scores['mAP']:.4f}, precision@{top} = {scores['precision']:.4f} "
-        f"({len(query_y)} {split['query_source']} queries vs {len(db_y)} database images, {config['bits']} bits); "
+        f"({len(query_y)} {_query_source(config)} queries vs {len(db_y)} database images, {config['bits']} bits, "
+        f"protocol {split.protocol}{_overrides(config)}); "
         f"results in {out}"
     )
     return metrics
@@ -446,11 +484,14 @@ def _load(config):
         raise UsageError(str(error)) from None
 
 
-def _gather(dataset, split):
-    """The database images and labels (from the training split) and the query images and labels."""
-    query_x, query_y = (dataset.x_train, dataset.y_train) if split["query_source"] == "validation" else (dataset.x_test, dataset.y_test)
-    db_index, query_index = split["db_index"], split["query_index"]
-    return dataset.x_train[db_index], dataset.y_train[db_index], query_x[query_index], query_y[query_index]
+def _query_source(config):
+    return "validation" if config["val_size"] else "test"
+
+
+def _overrides(config):
+    """Says which of the protocol's defaults the user's flags replaced, for the printed result."""
+    flags = [flag for flag, key in (("-q", "queries"), ("-t", "top"), ("-n", "train_size"), ("--val-size", "val_size")) if config[key] is not None]
+    return f" with {', '.join(flags)} overriding its defaults" if flags else ""
 
 
 def _resolve_class_batches(config, train_y, log):
@@ -564,7 +605,12 @@ def _binarise(latent):
 
 
 def _save_codes(path, db_bits, query_bits, db_labels, query_labels, split):
-    """Writes `codes.h5`: the codes, labels and source positions of exactly the evaluated items."""
+    """Writes `codes.h5`: the codes, labels and places of exactly the evaluated items.
+
+    `db_index`/`query_index` are positions within the source split named, item by
+    item, by `db_source`/`query_source` (indices into `protocols.SOURCES`:
+    train, test, database).
+    """
     import h5py
 
     with rundir.atomic_path(path) as temporary, h5py.File(temporary, "w") as codes:
@@ -572,9 +618,11 @@ def _save_codes(path, db_bits, query_bits, db_labels, query_labels, split):
         codes["query_bits"] = query_bits
         codes["db_labels"] = db_labels.astype(np.int64)
         codes["query_labels"] = query_labels.astype(np.int64)
-        codes["db_index"] = split["db_index"].astype(np.int64)
-        codes["query_index"] = split["query_index"].astype(np.int64)
-        codes.attrs["query_source"] = split["query_source"]
+        for role, items in (("db", split.database), ("query", split.queries)):
+            codes[f"{role}_index"] = items.positions
+            codes[f"{role}_source"] = items.sources
+            codes[f"{role}_source"].attrs["sources"] = list(protocols.SOURCES)
+        codes.attrs["protocol"] = split.protocol
 
 
 def _save_plot(path, precision_at_k, title):

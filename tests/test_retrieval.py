@@ -145,19 +145,25 @@ def test_splits_are_seeded_and_balanced(tiny_tree, tmp_path):
     dataset = data.load_dataset("cifar10", data_dir=str(tiny_tree))
     config = tiny_config(tiny_tree, tmp_path, train_size=40, queries=10)
     first, again = retrieval.select_split(config, dataset), retrieval.select_split(config, dataset)
-    np.testing.assert_array_equal(first["db_index"], again["db_index"])
-    np.testing.assert_array_equal(first["query_index"], again["query_index"])
-    assert np.bincount(dataset.y_train[first["db_index"]]).tolist() == [10, 10, 10, 10]
+    np.testing.assert_array_equal(first.database.positions, again.database.positions)
+    np.testing.assert_array_equal(first.queries.positions, again.queries.positions)
+    assert np.bincount(dataset.y_train[first.database.positions]).tolist() == [10, 10, 10, 10]
+    assert set(first.queries.sources) == {1} and set(first.database.sources) == {0}
     other = retrieval.select_split({**config, "seed": 1}, dataset)
-    assert not np.array_equal(first["query_index"], other["query_index"])
+    assert not np.array_equal(first.queries.positions, other.queries.positions)
 
 
 def test_validation_queries_come_out_of_training(tiny_tree, tmp_path):
     dataset = data.load_dataset("cifar10", data_dir=str(tiny_tree))
     split = retrieval.select_split(tiny_config(tiny_tree, tmp_path, val_size=20), dataset)
-    assert split["query_source"] == "validation"
-    assert len(split["query_index"]) == 20 and len(split["db_index"]) == 100
-    assert not set(split["query_index"]) & set(split["db_index"])
+    assert len(split.queries) == 20 and len(split.database) == 100 and len(split.train) == 100
+    assert set(split.queries.sources) == {0}  # training images, not test images
+    assert not set(split.queries.positions) & set(split.database.positions)
+
+
+def test_train_size_is_refused_by_fixed_protocols(capsys, tiny_tree, tmp_path):
+    fails_with(capsys, [*tiny_argv(tiny_tree, tmp_path / "a"), "--protocol", "dhn", "-n", "40"], "needs 600 images of every class")
+    fails_with(capsys, [*tiny_argv(tiny_tree, tmp_path / "b"), "--protocol", "nope"], "--protocol must be one of")
 
 
 @pytest.mark.parametrize(
@@ -217,6 +223,9 @@ def test_codes_file_holds_exactly_the_evaluated_items(finished_run):
         assert codes["db_labels"].shape == (120,) and codes["query_labels"].shape == (32,)
         np.testing.assert_array_equal(codes["db_index"][()], np.arange(120))
         np.testing.assert_array_equal(codes["query_index"][()], np.arange(32))
+        assert set(codes["db_source"][()]) == {0} and set(codes["query_source"][()]) == {1}
+        assert list(codes["db_source"].attrs["sources"]) == ["train", "test", "database"]
+        assert codes.attrs["protocol"] == "dlbhc"
 
 
 def test_saved_model_reproduces_the_codes(finished_run, tiny_tree):
