@@ -1,0 +1,60 @@
+"""End-to-end quality and time targets of `retrieval.py`, measured as a user would run it.
+
+    python bench/retrieval_bench.py classroom --data-dir ../shared/datasets/cifar10-jpeg.tar.gz
+    python bench/retrieval_bench.py full --data-dir ../shared/datasets/cifar10-jpeg.tar.gz
+
+`classroom` runs `retrieval.py -n 5000 -e 5` (target: under 180 s end to end on a 2-core
+CPU, mAP@1000 above 0.5); `full` runs `retrieval.py -l 48 -e 20` with all 10,000 test
+queries against the 50,000 training images (target: mAP@1000 >= 0.90). The wall time
+is that of the whole command, Python start-up and data loading included; the run's own
+`metrics.json` splits it into data, training, encoding and evaluation. Extra arguments
+after `--` go to `retrieval.py` unchanged. Prints one JSON line with the figures.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = {
+    "classroom": {"argv": ["-n", "5000", "-e", "5"], "max_seconds": 180, "min_map": 0.5},
+    "full": {"argv": ["-l", "48", "-e", "20"], "max_seconds": None, "min_map": 0.90},
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("preset", choices=tuple(PRESETS))
+    parser.add_argument("--data-dir", default=None, help="offline dataset copy (default: keras.datasets download)")
+    parser.add_argument("extra", nargs="*", help="further retrieval.py arguments, after --")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "run"
+        command = [sys.executable, str(REPO / "retrieval.py"), *preset["argv"], "-s", "0", "--out", str(out), *args.extra]
+        if args.data_dir:
+            command += ["--data-dir", args.data_dir]
+        started = time.perf_counter()
+        subprocess.run(command, check=True, cwd=REPO)
+        wall = time.perf_counter() - started
+        metrics = json.loads((out / "metrics.json").read_text())
+    top = metrics["top"]
+    report = {
+        "preset": args.preset,
+        "command": " ".join(["python retrieval.py", *command[2:]]).replace(str(out), "RUN"),
+        "wall_seconds": round(wall, 1),
+        f"mAP@{top}": round(metrics[f"mAP@{top}"], 4),
+        "timings": metrics["timings"],
+        "device": metrics["device"],
+        "time_target_met": preset["max_seconds"] is None or wall < preset["max_seconds"],
+        "map_target_met": metrics[f"mAP@{top}"] >= preset["min_map"],
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
