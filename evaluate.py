@@ -1,4 +1,4 @@
-"""Retrieval evaluation for binary hash codes: packing, exact Hamming search, mAP and precision@k.
+"""Retrieval evaluation: bit packing, exact Hamming and Euclidean search, and the field's metrics.
 
 Vocabulary, shared with the rest of the project:
 
@@ -6,13 +6,17 @@ Vocabulary, shared with the rest of the project:
   `codes.h5`. `L` is also called `bits` where it is a number (`unpack_bits(codes, bits)`).
 - `codes`: the same codes packed by `pack_bits`, `uint8` of shape `[n, ceil(L / 8)]`, most
   significant bit first (NumPy's `np.packbits` order). `code_size` is the number of bytes per code.
+- `features`: the float latent activations the codes are thresholded from, `[n, d]`.
+- `labels`: integer class labels `[n]` (relevant = same label), or 0/1 multi-hot rows `[n, C]`
+  (relevant = shares at least one label, `query_labels @ db_labels.T > 0`).
 - `query_*` / `db_*`: the queries and the database searched; `nq` and `ntotal` rows.
 
-Every search engine answers `search(query_codes, k) -> (distances, ids)`, FAISS style:
-`distances` is `int32 [nq, k]`, `ids` is `int64 [nq, k]`, each row sorted by (Hamming distance,
-database index) ascending, so ties go to the lower database index. `k` must lie in `1..ntotal`;
-there is no "fewer than k" sentinel. `evaluate_retrieval` ranks through this same interface, so any
-engine with that method can be evaluated.
+Every search engine answers `search(queries, k) -> (distances, ids)`, FAISS style: `ids` is
+`int64 [nq, k]`, each row sorted by (distance, database index) ascending, so ties go to the lower
+database index. `k` must lie in `1..ntotal`; there is no "fewer than k" sentinel.
+`ExactHammingSearch` takes packed codes and returns `int32` Hamming distances;
+`ExactEuclideanSearch` takes float features and returns `float32` squared Euclidean distances.
+`evaluate_retrieval` can rank its top list through any engine with that method.
 
 The Hamming distance is a vectorised XOR and population count over machine words. Keras has no
 popcount, so the kernels come from the active Keras backend through small seams that import it
@@ -28,7 +32,7 @@ Example:
 >>> db_labels = rng.integers(0, 10, size=1000)
 >>> metrics = evaluate_retrieval(db_bits[:50], db_labels[:50], db_bits, db_labels, top=100)
 >>> sorted(metrics)
-['mAP', 'precision', 'precision_at_k']
+['mAP', 'mAP_all', 'pr_curve', 'precision', 'precision_at_k', 'precision_r2', 'recall_r2']
 """
 
 import functools
@@ -37,10 +41,13 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 # Most elements one batch may hold: query rows x database codes x words for the XOR in the search
-# kernel, query rows x `top` for the metric arrays. 2**24 keeps each batch near 100-200 MB; of
-# 2**22..2**25 it cost the least CPU time on bench/eval_bench.py's data (335 queries a batch),
-# though top_k, nearly 90% of the time, cares little.
-BATCH_ELEMENTS = 2**24
+# kernel, query rows x database items for the whole-database ranking of the metrics (about 20
+# bytes each, so about 80 MB a batch). Of 2**22..2**25, 2**22 cost the least time for the whole
+# evaluation on bench/eval_bench.py's data (83 queries a batch); the top_k search cares little.
+BATCH_ELEMENTS = 2**22
+
+# Hamming radius of the "precision and recall within radius 2" that the hashing papers report.
+RADIUS = 2
 
 # Machine word per backend: TensorFlow has uint64 bitwise ops and popcount; JAX without x64 has not.
 TENSORFLOW_WORD = np.uint64
@@ -69,15 +76,17 @@ def _tensorflow_kernels():
 
     words = tf.TensorSpec([None, None], tf.uint64)
 
-    # XLA fuses XOR, popcount, sum and negation into one loop, about 8x faster than separate ops.
-    @tf.function(jit_compile=True)
-    def negated_distances(query_words, db_words):
+    def xor_popcount(query_words, db_words):
         xor = tf.bitwise.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
         counts = tf.raw_ops.PopulationCount(x=xor)
-        return -tf.reduce_sum(tf.cast(counts, tf.int32), axis=-1)
+        return tf.reduce_sum(tf.cast(counts, tf.int32), axis=-1)
 
-    def distances(query_words, db_words):
-        return -negated_distances(query_words, db_words)
+    # XLA fuses XOR, popcount, sum (and negation) into one loop, about 8x faster than separate ops.
+    distances = tf.function(xor_popcount, jit_compile=True, input_signature=[words, words])
+
+    @tf.function(jit_compile=True)
+    def negated_distances(query_words, db_words):
+        return -xor_popcount(query_words, db_words)
 
     def search(query_words, db_words, k):
         # top_k stays outside XLA, whose CPU top_k sorts whole rows (about 20x slower). top_k
@@ -87,7 +96,7 @@ def _tensorflow_kernels():
 
     return _HammingKernels(
         TENSORFLOW_WORD,
-        tf.function(distances, input_signature=[words, words]),
+        distances,
         tf.function(search, input_signature=[words, words, tf.TensorSpec([], tf.int32)]),
     )
 
@@ -185,14 +194,52 @@ def _check_k(k, ntotal, name):
         )
 
 
-def _check_labels(labels, bits, labels_name, bits_name):
-    labels = np.asarray(labels)
-    if labels.shape != (len(bits),):
+def _check_labels(query_labels, db_labels, nq, ntotal):
+    """Validated labels: both integer `[n]`, or both 0/1 multi-hot `[n, C]` with the same `C`."""
+    query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
+    named = (("query_labels", query_labels, nq), ("db_labels", db_labels, ntotal))
+    for name, labels, rows in named:
+        if labels.ndim not in (1, 2) or len(labels) != rows or 0 in labels.shape[1:]:
+            raise ValueError(
+                f"`{name}` must hold one label per item: integers of shape [{rows}], or 0/1 "
+                f"multi-hot rows of shape [{rows}, C] with C >= 1. "
+                f"Received: {name}.shape={labels.shape}"
+            )
+        if labels.ndim == 2:
+            invalid = (labels != 0) & (labels != 1)
+            if invalid.any():
+                raise ValueError(
+                    f"`{name}` as multi-hot rows must contain only 0 and 1. "
+                    f"Received: {name} with a value of {labels[invalid][0]}"
+                )
+    if query_labels.shape[1:] != db_labels.shape[1:]:
         raise ValueError(
-            f"`{labels_name}` must hold one integer label per row of `{bits_name}`, shape "
-            f"[{len(bits)}]. Received: {labels_name}.shape={labels.shape}"
+            "`query_labels` and `db_labels` must both be integer labels [n], or both multi-hot "
+            "rows [n, C] with the same number of classes C. "
+            f"Received: query_labels.shape={query_labels.shape}, db_labels.shape={db_labels.shape}"
         )
-    return labels
+    return query_labels, db_labels
+
+
+def _check_features(features, name):
+    features = np.asarray(features)
+    if features.ndim != 2 or features.shape[1] == 0:
+        raise ValueError(
+            f"`{name}` must be a 2-D float array of shape [n, d] with d >= 1. "
+            f"Received: {name}.shape={features.shape}"
+        )
+    if features.dtype.kind not in "iuf":
+        raise TypeError(
+            f"`{name}` must hold real numbers (ranked as float32). "
+            f"Received: {name}.dtype={features.dtype}"
+        )
+    features = features.astype(np.float32, copy=False)
+    finite = np.isfinite(features)
+    if not finite.all():
+        raise ValueError(
+            f"`{name}` must be finite. Received: {name} with a value of {features[~finite][0]}"
+        )
+    return features
 
 
 def pack_bits(bits):
@@ -279,7 +326,7 @@ class ExactHammingSearch:
         db_codes: packed `uint8` database codes of shape `[ntotal, code_size]`, from `pack_bits`.
             No default.
         batch_elements: most elements one query batch may hold (query rows x `ntotal` x words).
-            Defaults to `BATCH_ELEMENTS` (2**24).
+            Defaults to `BATCH_ELEMENTS` (2**22).
 
     Example:
 
@@ -325,6 +372,143 @@ class ExactHammingSearch:
             )
         return distances, ids
 
+    def distances(self, query_codes):
+        """Hamming distances from each query to every database code, in database order.
+
+        Args:
+            query_codes: packed `uint8` query codes of shape `[nq, code_size]`. No default.
+
+        Returns:
+            `int32` array of shape `[nq, ntotal]`, possibly read-only.
+        """
+        query_codes = _check_codes(query_codes, "query_codes")
+        _check_same_code_size(query_codes, self.code_size)
+        query_words = _to_words(query_codes, self._kernels.word_dtype)
+        if len(query_codes) <= self._batch_size:  # one batch: no copy
+            return np.asarray(self._kernels.distances(query_words, self._db_words))
+        distances = np.empty((len(query_codes), self.ntotal), dtype=np.int32)
+        for start in range(0, len(query_codes), self._batch_size):
+            batch = slice(start, start + self._batch_size)
+            distances[batch] = self._kernels.distances(query_words[batch], self._db_words)
+        return distances
+
+
+class ExactEuclideanSearch:
+    """Exact k-nearest-neighbour search of float features by squared Euclidean distance.
+
+    For each query batch, `|x|^2 - 2 q.x` comes from one float32 matrix product (BLAS) and
+    `np.argpartition` picks the `k` smallest, which are then sorted. Ties go to the lower database
+    index, as in `ExactHammingSearch`: where the k-th smallest value also occurs outside the `k`
+    picked, the row is redone from every item up to that value with a stable sort. Identical
+    features always tie exactly (the same arithmetic gives the same float). Expanding the square
+    costs float32 cancellation, an absolute error of about 1e-7 x |x|^2 in each distance, so
+    items whose distances differ by less than that may be ranked either way.
+
+    Args:
+        db_features: float database features of shape `[ntotal, d]`. No default.
+        batch_elements: most elements one query batch may hold (query rows x `ntotal`).
+            Defaults to `BATCH_ELEMENTS` (2**22).
+
+    Example:
+
+    >>> index = ExactEuclideanSearch([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])
+    >>> distances, ids = index.search([[0.0, 0.5]], k=2)
+    >>> distances, ids
+    (array([[0.25, 1.25]], dtype=float32), array([[0, 2]]))
+    """
+
+    def __init__(self, db_features, batch_elements=BATCH_ELEMENTS):
+        db_features = _check_features(db_features, "db_features")
+        if len(db_features) == 0:
+            raise ValueError(
+                "`db_features` must hold at least one item. "
+                f"Received: db_features.shape={db_features.shape}"
+            )
+        self.ntotal, self.d = db_features.shape
+        # One product gives |x|^2 - 2 q.x: queries get a column of ones, the database a row of
+        # squared norms under its features times -2 (a power of 2: no rounding of its own).
+        norms = np.einsum("ij,ij->i", db_features, db_features)
+        self._db_augmented = np.ascontiguousarray(np.vstack([-2 * db_features.T, norms]))
+        self._batch_size = max(1, batch_elements // self.ntotal)
+
+    def search(self, query_features, k):
+        """Finds the `k` database features nearest to each query.
+
+        Args:
+            query_features: float query features of shape `[nq, d]`. No default.
+            k: number of neighbours per query, `1 <= k <= ntotal`. No default.
+
+        Returns:
+            Tuple `(distances, ids)`: `float32` squared distances (clipped at 0 against rounding)
+            and `int64` ids, both of shape `[nq, k]`, each row sorted by (distance, id) ascending.
+        """
+        query_features = _check_features(query_features, "query_features")
+        if query_features.shape[1] != self.d:
+            raise ValueError(
+                f"`query_features` must have the database's dimension {self.d}. "
+                f"Received: query_features.shape={query_features.shape}"
+            )
+        _check_k(k, self.ntotal, "k")
+        distances = np.empty((len(query_features), k), dtype=np.float32)
+        ids = np.empty((len(query_features), k), dtype=np.int64)
+        for start in range(0, len(query_features), self._batch_size):
+            batch = slice(start, start + self._batch_size)
+            queries = query_features[batch]
+            # A query's own |q|^2 is the same along its row: it is added after the ranking.
+            partial = np.hstack([queries, np.ones((len(queries), 1), np.float32)])
+            partial = partial @ self._db_augmented
+            ids[batch] = _smallest(partial, k)
+            batch_distances = np.take_along_axis(partial, ids[batch], axis=1)
+            batch_distances += np.einsum("ij,ij->i", queries, queries)[:, None]
+            distances[batch] = np.maximum(batch_distances, 0)
+        return distances, ids
+
+
+def _sortable(values):
+    """float32 values as int32 in the same order (IEEE 754 bits, negatives flipped), any sign."""
+    bits = values.view(np.int32)
+    return bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+
+
+def _smallest(values, k):
+    """Ids of the `k` smallest float32 values of each row, by (value, id): ties to the lower id."""
+    ntotal = values.shape[1]
+    if k == ntotal:
+        ids = np.broadcast_to(np.arange(ntotal), values.shape)
+    else:
+        ids = np.argpartition(values, k - 1, axis=1)[:, :k]
+        # argpartition keeps any of the items equal to the k-th value; redo rows where one was
+        # left out, so that the lowest ids among them are kept.
+        kth = np.take_along_axis(values, ids, axis=1).max(axis=1, keepdims=True)
+        for row in np.flatnonzero(np.count_nonzero(values <= kth, axis=1) > k):
+            candidates = np.flatnonzero(values[row] <= kth[row])
+            ids[row] = candidates[np.argsort(values[row, candidates], kind="stable")[:k]]
+    # Sorting (value, id) pairs packed into one int64 is several times faster than a lexsort.
+    pairs = _sortable(np.take_along_axis(values, ids, axis=1)).astype(np.int64) << 32
+    pairs |= ids
+    pairs.sort(axis=1)
+    return pairs & 0xFFFFFFFF
+
+
+class _Relevance:
+    """Which database items are relevant to each query of a batch, as a bool `[b, ntotal]` array.
+
+    Integer labels: the same label. Multi-hot rows: at least one label shared, i.e.
+    `query_labels @ db_labels.T > 0`, as a float32 product (exact for up to 2**24 classes).
+    """
+
+    def __init__(self, db_labels):
+        self._multi_label = db_labels.ndim == 2
+        if self._multi_label:
+            self._db_labels = np.ascontiguousarray(db_labels.T, dtype=np.float32)
+        else:
+            self._db_labels = db_labels[None, :]
+
+    def __call__(self, query_labels):
+        if self._multi_label:
+            return query_labels.astype(np.float32) @ self._db_labels > 0
+        return query_labels[:, None] == self._db_labels
+
 
 def _metric_sums(relevant):
     """Sums over a batch of queries of precision@r for every rank r, and of average precision.
@@ -343,39 +527,151 @@ def _metric_sums(relevant):
     return hits.sum(axis=0) * reciprocal_ranks, average_precision.sum()
 
 
+class _FullRanking(NamedTuple):
+    """Where a batch's relevant items fall when each query ranks the whole database.
+
+    `rows` and `ranks` (0-based) locate every relevant item, by row and then rank ascending;
+    `relevant_counts` `[b]` counts them per query; `relevant_within` and `retrieved_within`
+    `[b, L + 1]` count the relevant and all items at Hamming distance <= r for r = 0..L.
+    """
+
+    rows: np.ndarray
+    ranks: np.ndarray
+    relevant_counts: np.ndarray
+    relevant_within: np.ndarray
+    retrieved_within: np.ndarray
+
+
+def _full_ranking(distances, relevant, bits):
+    """Ranks the whole database by (Hamming distance, id) for each query of a batch.
+
+    One row sort of the distinct integer keys `distance * 2 ntotal + 2 id + relevant` orders the
+    items by (distance, id), and the low bit carries relevance along, so no gather follows the
+    sort. Distances span only 0..L, so each row's sorted keys also give the count within every
+    radius by binary search.
+
+    Args:
+        distances: `int32 [b, ntotal]` Hamming distances.
+        relevant: bool `[b, ntotal]`.
+        bits: the code length L.
+
+    Returns:
+        A `_FullRanking`.
+    """
+    rows_in_batch, ntotal = distances.shape
+    stride = 2 * ntotal  # one unit of distance in the keys
+    key_dtype = np.int32 if stride * (bits + 1) <= np.iinfo(np.int32).max else np.int64
+    keys = np.multiply(distances, stride, dtype=key_dtype)
+    keys += np.arange(0, stride, 2, dtype=key_dtype)
+    keys += relevant
+    keys.sort(axis=1)
+    relevant_counts = np.count_nonzero(relevant, axis=1)
+    # Places in the flattened batch of sorted keys; the low byte is enough to test the low bit.
+    is_relevant = np.bitwise_and(keys, 1, out=np.empty(keys.shape, np.uint8), casting="unsafe")
+    places = np.flatnonzero(is_relevant.view(bool))
+    rows = np.repeat(np.arange(rows_in_batch), relevant_counts)
+    first_keys_beyond = np.arange(1, bits + 2, dtype=key_dtype) * stride  # of radius 0..L
+    retrieved_within = np.stack([np.searchsorted(row, first_keys_beyond) for row in keys])
+    # Ranked places are ascending, so the relevant items within a radius are found the same way.
+    row_starts = np.arange(rows_in_batch)[:, None] * ntotal
+    relevant_within = np.searchsorted(places, row_starts + retrieved_within)
+    relevant_within -= np.searchsorted(places, row_starts)
+    return _FullRanking(
+        rows, places - rows * ntotal, relevant_counts, relevant_within, retrieved_within
+    )
+
+
+def _full_ranking_sums(ranking, top):
+    """Sums over a batch of precision@k for k = 1..top, AP@top and AP over the whole ranking."""
+    counts = ranking.relevant_counts
+    rows, ranks = ranking.rows, ranking.ranks
+    # The i-th relevant item of a query is preceded by i - 1 relevant ones: precision at it.
+    hits = np.arange(1, len(rows) + 1) - (np.cumsum(counts) - counts)[rows]
+    precision_at_hits = hits / (ranks + 1)
+    # (Not in place: bincount of no items at all returns integers.)
+    average_precision_all = np.bincount(rows, precision_at_hits, len(counts)) / np.maximum(
+        counts, 1
+    )
+    in_top = ranks < top
+    if in_top.all():  # top == ntotal, or every relevant item in the top list: the same AP
+        average_precision_top = average_precision_all
+    else:
+        top_rows = rows[in_top]
+        average_precision_top = np.bincount(
+            top_rows, precision_at_hits[in_top], len(counts)
+        ) / np.maximum(np.bincount(top_rows, minlength=len(counts)), 1)
+    precision_sums = np.cumsum(np.bincount(ranks[in_top], minlength=top)) / np.arange(1, top + 1)
+    return precision_sums, average_precision_top.sum(), average_precision_all.sum()
+
+
+def _radius_sums(ranking):
+    """Sums over a batch of precision and recall within each Hamming radius 0..L.
+
+    A query with nothing within a radius has precision 0 there; one with no relevant item in the
+    database has recall 0 at every radius. Both still count in the means.
+    """
+    relevant_within = ranking.relevant_within.astype(np.float64)
+    counts = ranking.relevant_counts[:, None]
+    precision = np.divide(
+        relevant_within, ranking.retrieved_within,
+        out=np.zeros_like(relevant_within), where=ranking.retrieved_within > 0,
+    )
+    recall = np.divide(
+        relevant_within, counts, out=np.zeros_like(relevant_within), where=counts > 0
+    )
+    return precision.sum(axis=0), recall.sum(axis=0)
+
+
 def evaluate_retrieval(
     query_bits, query_labels, db_bits, db_labels, top, search=None, batch_elements=BATCH_ELEMENTS
 ):
-    """Scores Hamming ranking of a database for each query: mAP@top and precision@k for k <= top.
+    """Scores Hamming ranking of a database: mAP, precision@k, precision-recall over radii.
 
-    An item is relevant to a query when their integer labels are equal. Queries are ranked in
-    batches through `search(query_codes, top)`, and the metrics are accumulated batch by batch, so
-    no `[nq, ntotal]` array is ever held, even with `top = ntotal`.
+    An item is relevant to a query when their integer labels are equal, or, for multi-hot label
+    rows, when they share at least one label. Each query ranks the whole database by (Hamming
+    distance, database index); the distances come from `ExactHammingSearch.distances`, one query
+    batch at a time, and the metrics are accumulated batch by batch, so memory stays bounded (about
+    20 bytes per query row x `ntotal` element of a batch) for any number of queries. On a 0..1
+    scale, each averaged over all queries:
+
+    - mAP@top (DLBHC's): per query, the mean of precision@r over the ranks r <= top that hold a
+      relevant item; 0 for a query with none there. mAP over the whole ranking likewise.
+    - precision@k for k = 1..top: the share of relevant items among the first k.
+    - For each Hamming radius r = 0..L: precision, the relevant items at distance <= r over all
+      items at distance <= r (0 for a query with nothing within r), and recall, the relevant items
+      within r over all relevant items in the database (0 for a query with none in the database).
+      Radius 2 (`RADIUS`) is reported on its own, as in the hashing papers.
 
     Args:
         query_bits: 0/1 query codes of shape `[nq, L]`. No default.
-        query_labels: integer labels of shape `[nq]`. No default.
+        query_labels: integer labels of shape `[nq]`, or 0/1 multi-hot rows `[nq, C]`. No default.
         db_bits: 0/1 database codes of shape `[ntotal, L]`. No default.
-        db_labels: integer labels of shape `[ntotal]`. No default.
-        top: length of the ranked list scored, `1 <= top <= ntotal`; `ntotal` scores the whole
-            ranking. No default.
+        db_labels: labels of the same kind as `query_labels`: `[ntotal]` or `[ntotal, C]`.
+            No default.
+        top: length of the ranked list of mAP@top and precision@k, `1 <= top <= ntotal`; `ntotal`
+            scores the whole ranking. No default.
         search: an engine over `pack_bits(db_bits)`, in order, with `search(query_codes, k) ->
-            (distances, ids)` ranked by (distance, id). Defaults to `None`, which builds an
-            `ExactHammingSearch`.
-        batch_elements: most elements one query batch may hold (query rows x `top`), also passed to
-            the default engine. Defaults to `BATCH_ELEMENTS` (2**24).
+            (distances, ids)` ranked by (distance, id), to rank the top list of mAP@top and
+            precision@k instead. Defaults to `None`: the exact ranking above. Every other metric
+            uses the exact distances either way.
+        batch_elements: most elements one query batch may hold (query rows x `ntotal`), also
+            passed to the Hamming kernels. Defaults to `BATCH_ELEMENTS` (2**22).
 
     Returns:
-        Dict with `"mAP"` (float), `"precision_at_k"` (`float64` array of shape `[top]`, entry
-        `k - 1` is precision@k averaged over queries) and `"precision"` (precision@top, float),
-        all on a 0..1 scale.
+        Dict with `"mAP"` (mAP@top, float), `"precision_at_k"` (`float64 [top]`, entry `k - 1` is
+        precision@k), `"precision"` (precision@top), `"mAP_all"` (mAP over the whole database,
+        float; equal to `"mAP"` when `top == ntotal`), `"pr_curve"` (dict of `"radius"` `[L + 1]`
+        = 0..L, `"precision"` and `"recall"` `float64 [L + 1]`), and `"precision_r2"`,
+        `"recall_r2"` (the curve at radius 2, or at L if L < 2).
 
     Example:
 
     >>> db_bits = np.array([[0, 0], [1, 1], [0, 1]])
     >>> metrics = evaluate_retrieval([[0, 0]], [7], db_bits, [7, 7, 3], top=2)
-    >>> metrics["mAP"], metrics["precision_at_k"], metrics["precision"]
-    (1.0, array([1. , 0.5]), 0.5)
+    >>> metrics["mAP"], metrics["precision_at_k"], metrics["precision"], metrics["mAP_all"]
+    (1.0, array([1. , 0.5]), 0.5, 0.8333333333333333)
+    >>> metrics["pr_curve"]["precision"], metrics["pr_curve"]["recall"]
+    (array([1.        , 0.5       , 0.66666667]), array([0.5, 0.5, 1. ]))
     """
     query_bits = _check_bits(query_bits, "query_bits")
     db_bits = _check_bits(db_bits, "db_bits")
@@ -389,28 +685,108 @@ def evaluate_retrieval(
             "`query_bits` must hold at least one query. "
             f"Received: query_bits.shape={query_bits.shape}"
         )
-    query_labels = _check_labels(query_labels, query_bits, "query_labels", "query_bits")
-    db_labels = _check_labels(db_labels, db_bits, "db_labels", "db_bits")
+    query_labels, db_labels = _check_labels(query_labels, db_labels, len(query_bits), len(db_bits))
     _check_k(top, len(db_bits), "top")
+    nq, ntotal, bits = len(query_bits), len(db_bits), query_bits.shape[1]
     query_codes = pack_bits(query_bits)
-    if search is None:
-        search = ExactHammingSearch(pack_bits(db_bits), batch_elements)
+    index = ExactHammingSearch(pack_bits(db_bits), batch_elements)
+    relevance = _Relevance(db_labels)
 
-    precision_sums = np.zeros(top)
-    average_precision_sum = 0.0
-    batch_size = max(1, batch_elements // top)
-    for start in range(0, len(query_codes), batch_size):
+    precision_sums, average_precision_sum, average_precision_all_sum = np.zeros(top), 0.0, 0.0
+    radius_precision_sums, radius_recall_sums = np.zeros(bits + 1), np.zeros(bits + 1)
+    batch_size = max(1, batch_elements // ntotal)
+    for start in range(0, nq, batch_size):
         batch = slice(start, start + batch_size)
-        _, ids = search.search(query_codes[batch], top)
+        relevant = relevance(query_labels[batch])
+        ranking = _full_ranking(index.distances(query_codes[batch]), relevant, bits)
+        batch_precision_sums, batch_average_precision_sum, batch_average_precision_all_sum = (
+            _full_ranking_sums(ranking, top)
+        )
+        if search is not None:
+            _, ids = search.search(query_codes[batch], top)
+            batch_precision_sums, batch_average_precision_sum = _metric_sums(
+                np.take_along_axis(relevant, np.asarray(ids, dtype=np.int64), axis=1)
+            )
+        precision_sums += batch_precision_sums
+        average_precision_sum += batch_average_precision_sum
+        average_precision_all_sum += batch_average_precision_all_sum
+        batch_radius_precision_sums, batch_radius_recall_sums = _radius_sums(ranking)
+        radius_precision_sums += batch_radius_precision_sums
+        radius_recall_sums += batch_radius_recall_sums
+
+    precision_at_k = precision_sums / nq
+    radius_precision, radius_recall = radius_precision_sums / nq, radius_recall_sums / nq
+    return {
+        "mAP": float(average_precision_sum / nq),
+        "precision_at_k": precision_at_k,
+        "precision": float(precision_at_k[-1]),
+        "mAP_all": float(average_precision_all_sum / nq),
+        "pr_curve": {
+            "radius": np.arange(bits + 1),
+            "precision": radius_precision,
+            "recall": radius_recall,
+        },
+        "precision_r2": float(radius_precision[min(RADIUS, bits)]),
+        "recall_r2": float(radius_recall[min(RADIUS, bits)]),
+    }
+
+
+def evaluate_features(
+    query_features, query_labels, db_features, db_labels, top, batch_elements=BATCH_ELEMENTS
+):
+    """Scores Euclidean ranking of float features: mAP@top and precision@k.
+
+    The same metrics and relevance as `evaluate_retrieval`, with the database ranked by squared
+    Euclidean distance between the float features (`ExactEuclideanSearch`; ties to the lower
+    database index) instead of Hamming distance between codes. On the latent features that the
+    codes are thresholded from, the gap to `evaluate_retrieval`'s mAP is what binarisation costs.
+
+    Args:
+        query_features: float features of shape `[nq, d]`. No default.
+        query_labels: integer labels of shape `[nq]`, or 0/1 multi-hot rows `[nq, C]`. No default.
+        db_features: float features of shape `[ntotal, d]`. No default.
+        db_labels: labels of the same kind as `query_labels`. No default.
+        top: length of the ranked list scored, `1 <= top <= ntotal`. No default.
+        batch_elements: most elements one query batch may hold (query rows x `ntotal`).
+            Defaults to `BATCH_ELEMENTS` (2**22).
+
+    Returns:
+        Dict with `"mAP"` (mAP@top, float), `"precision_at_k"` (`float64 [top]`) and
+        `"precision"` (precision@top), on a 0..1 scale.
+
+    Example:
+
+    >>> db_features = np.array([[0.0, 0.0], [0.9, 0.9], [0.2, 0.0]])
+    >>> metrics = evaluate_features([[0.1, 0.0]], [7], db_features, [7, 3, 7], top=3)
+    >>> metrics["mAP"], metrics["precision_at_k"]
+    (1.0, array([1.        , 1.        , 0.66666667]))
+    """
+    query_features = _check_features(query_features, "query_features")
+    db_features = _check_features(db_features, "db_features")
+    if len(query_features) == 0:
+        raise ValueError(
+            "`query_features` must hold at least one query. "
+            f"Received: query_features.shape={query_features.shape}"
+        )
+    query_labels, db_labels = _check_labels(
+        query_labels, db_labels, len(query_features), len(db_features)
+    )
+    _check_k(top, len(db_features), "top")
+    index = ExactEuclideanSearch(db_features, batch_elements)
+    relevance = _Relevance(db_labels)
+    precision_sums, average_precision_sum = np.zeros(top), 0.0
+    batch_size = max(1, batch_elements // len(db_features))
+    for start in range(0, len(query_features), batch_size):
+        batch = slice(start, start + batch_size)
+        _, ids = index.search(query_features[batch], top)
         batch_precision_sums, batch_average_precision_sum = _metric_sums(
-            db_labels[ids] == query_labels[batch, None]
+            np.take_along_axis(relevance(query_labels[batch]), ids, axis=1)
         )
         precision_sums += batch_precision_sums
         average_precision_sum += batch_average_precision_sum
-
-    precision_at_k = precision_sums / len(query_codes)
+    precision_at_k = precision_sums / len(query_features)
     return {
-        "mAP": float(average_precision_sum / len(query_codes)),
+        "mAP": float(average_precision_sum / len(query_features)),
         "precision_at_k": precision_at_k,
         "precision": float(precision_at_k[-1]),
     }

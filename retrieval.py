@@ -7,7 +7,7 @@ training image (the database) and 100 seeded test images (the queries) into
 48-bit codes (`latent > 0.5`), ranks the database for each query by Hamming
 distance and reports mAP@1000 and precision@k. Everything lands in one run
 folder (`--out`): `config.json`, `model.keras`, `codes.h5`, `metrics.json`,
-`precision_at_k.png`.
+`precision_at_k.png`, `pr_curve.png`.
 
 Arguments are checked before TensorFlow is imported, so a mistake costs a
 second, not a model build; a mistake ends with a one-line message and exit
@@ -436,10 +436,13 @@ def run(config, verbose=1, resume=False, callbacks=()):
 
     started = time.perf_counter()
     scores = evaluate.evaluate_retrieval(query_bits, query_y, db_bits, db_y, top)
+    # The same ranking of the float latent features the codes come from: what binarising costs.
+    float_scores = evaluate.evaluate_features(query_latent, query_y, db_latent, db_y, top)
     timings["eval_seconds"] = time.perf_counter() - started
 
     title = f"{config['dataset']} {config['method']} {config['arch']} {config['bits']} bits"
     _save_plot(out / rundir.PLOT_FILE, scores["precision_at_k"], title)
+    _save_pr_curve(out / rundir.PR_CURVE_FILE, scores["pr_curve"], title)
     metrics = {
         "bits": config["bits"],
         "dataset": config["dataset"],
@@ -449,7 +452,12 @@ def run(config, verbose=1, resume=False, callbacks=()):
         "top": top,
         f"mAP@{top}": scores["mAP"],
         f"precision@{top}": scores["precision"],
+        "mAP@all": scores["mAP_all"],
+        f"float_mAP@{top}": float_scores["mAP"],
+        "precision@r2": scores["precision_r2"],
+        "recall@r2": scores["recall_r2"],
         "precision_at_k": [float(value) for value in scores["precision_at_k"]],
+        "pr_curve": {name: values.tolist() for name, values in scores["pr_curve"].items()},
         **method.summary(),
         "protocol": split.protocol,
         "split_seed": config["seed"],
@@ -466,7 +474,8 @@ def run(config, verbose=1, resume=False, callbacks=()):
     }
     rundir.write_json(out / rundir.METRICS_FILE, metrics)
     log(
-        f"mAP@{top} = {scores['mAP']:.4f}, precision@{top} = {scores['precision']:.4f} "
+        f"mAP@{top} = {scores['mAP']:.4f}, precision@{top} = {scores['precision']:.4f}, "
+        f"mAP@all = {scores['mAP_all']:.4f}, float mAP@{top} = {float_scores['mAP']:.4f} "
         f"({len(query_y)} {_query_source(config)} queries vs {len(db_y)} database images, {config['bits']} bits, "
         f"protocol {split.protocol}{_overrides(config)}); "
         f"results in {out}"
@@ -630,6 +639,13 @@ def _save_plot(path, precision_at_k, title):
 
     with rundir.atomic_path(path) as temporary:
         plot_precision_at_k(precision_at_k, temporary, title)
+
+
+def _save_pr_curve(path, pr_curve, title):
+    from plots.pr_curve import plot_pr_curve
+
+    with rundir.atomic_path(path) as temporary:
+        plot_pr_curve(pr_curve["precision"], pr_curve["recall"], temporary, title)
 
 
 def _resumed_config(args):

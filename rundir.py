@@ -1,7 +1,7 @@
 """The run folder: checks before a run, atomic writes during it, provenance after it.
 
 A run folder holds `config.json` (written first), `model.keras`, `codes.h5`,
-`precision_at_k.png` and `metrics.json` (written last), plus `backup/` while
+`precision_at_k.png`, `pr_curve.png` and `metrics.json` (written last), plus `backup/` while
 training is under way. Every file is written under a temporary name in the same
 folder and renamed into place, so a killed run never leaves a file that looks
 complete, and `metrics.json` present means the run finished.
@@ -24,8 +24,9 @@ METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 CODES_FILE = "codes.h5"
 PLOT_FILE = "precision_at_k.png"
+PR_CURVE_FILE = "pr_curve.png"
 BACKUP_DIR = "backup"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, CODES_FILE, PLOT_FILE)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, CODES_FILE, PLOT_FILE, PR_CURVE_FILE)
 
 
 class RunDirError(Exception):

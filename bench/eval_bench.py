@@ -1,19 +1,25 @@
-"""Benchmark of retrieval evaluation: our Hamming search and mAP against NumPy and FAISS.
+"""Benchmark of retrieval evaluation: our Hamming search and metrics against NumPy and FAISS.
 
-Measures, on random 48-bit codes (10,000 queries x 50,000 database codes, 10 random labels, top
-1000, the sizes of the project's performance target: under 5 s on a 2-core CPU, TensorFlow backend):
+Measures, on random 48-bit codes and 48-d float features (10,000 queries x 50,000 database items,
+10 random labels, top 1000, the sizes of the project's performance target: the whole evaluation
+that `retrieval.run` does, rows (a) + (e), within about 15 s on a 2-core CPU, TensorFlow backend):
 
-- (a) `evaluate.evaluate_retrieval` end to end: packing, search, mAP@1000 and precision@k;
+- (a) `evaluate.evaluate_retrieval` end to end: packing, the whole-database ranking, mAP@1000,
+  precision@k, mAP@all and precision and recall within every Hamming radius;
 - (b) `evaluate.ExactHammingSearch.search` alone, k = 1000;
 - (c) a plain NumPy reference (XOR, `np.bitwise_count`, stable argsort), timed on a subset of the
   queries and extrapolated, since it is slow;
-- (d) `faiss.IndexBinaryFlat` search, k = 1000, on the same packed codes.
+- (d) `faiss.IndexBinaryFlat` search, k = 1000, on the same packed codes;
+- (e) `evaluate.evaluate_features`: mAP@1000 of the float features by Euclidean distance;
+- (f) `faiss.IndexFlatL2` search, k = 1000, on the same features.
 
 It checks that (b), (c) and FAISS agree on the distances, that (b) and (c) agree on the ids (ties
-to the lower index), how many ids FAISS shares with (b), and how far the mAP moves when (a) ranks
-through the FAISS index instead (any engine with `search(query_codes, k)` plugs in). Each timing is
-the best of `repeats` runs after a warm-up call (which traces and compiles the tf.function); CPU
-seconds and the load average are printed too, since other processes on the machine slow every row.
+to the lower index), how many ids FAISS shares with (b), how far the mAP moves when (a) ranks
+through the FAISS index instead (any engine with `search(query_codes, k)` plugs in), that (a)'s
+mAP@all matches the reference's on the subset, and how many ids `ExactEuclideanSearch` shares with
+(f). Each timing is the best of `repeats` runs after a warm-up call (which traces and compiles the
+tf.function); CPU seconds and the load average are printed too, since other processes on the
+machine slow every row.
 
     python bench/eval_bench.py [--json results.json] [--backend tensorflow]
 """
@@ -34,6 +40,7 @@ CONFIG = {
     "nq": 10_000,  # queries
     "ntotal": 50_000,  # database codes
     "bits": 48,  # code length L
+    "feature_dim": 48,  # dimension of the float features of rows (e) and (f)
     "num_labels": 10,  # random integer labels 0..9
     "top": 1000,  # ranked list length for mAP@top and the k of every search
     "reference_queries": 500,  # queries the NumPy reference runs on; its time is scaled up to nq
@@ -118,6 +125,26 @@ def random_dataset(config):
     )
 
 
+def random_features(config):
+    """Random float32 features in [0, 1), like sigmoid activations: (query, database)."""
+    rng = np.random.default_rng(config["seed"] + 1)
+    shape = (config["nq"] + config["ntotal"], config["feature_dim"])
+    features = rng.random(shape, dtype=np.float32)
+    return features[: config["nq"]], features[config["nq"]:]
+
+
+def reference_map_all(query_codes, query_labels, db_codes, db_labels):
+    """mAP over the whole database, (distance, id) order, one query at a time with NumPy."""
+    distances, ids = numpy_reference_search(query_codes, db_codes, len(db_codes))
+    average_precisions = []
+    for query_label, ranked_ids in zip(query_labels, ids):
+        relevant = db_labels[ranked_ids] == query_label
+        hits = np.cumsum(relevant)
+        ranks = np.arange(1, len(relevant) + 1)
+        average_precisions.append((hits / ranks)[relevant].mean() if relevant.any() else 0.0)
+    return float(np.mean(average_precisions))
+
+
 def run_benchmark(config):
     """Times rows (a) to (d) and cross-checks them: (rows, metrics, checks)."""
     import faiss
@@ -125,6 +152,7 @@ def run_benchmark(config):
     import evaluate
 
     query_bits, query_labels, db_bits, db_labels = random_dataset(config)
+    query_features, db_features = random_features(config)
     query_codes, db_codes = evaluate.pack_bits(query_bits), evaluate.pack_bits(db_bits)
     top, repeats, subset = config["top"], config["repeats"], config["reference_queries"]
     index = evaluate.ExactHammingSearch(db_codes)
@@ -147,6 +175,21 @@ def run_benchmark(config):
     faiss_metrics = evaluate.evaluate_retrieval(
         query_bits, query_labels, db_bits, db_labels, top, search=faiss_index
     )
+    features_wall, features_cpu, features_metrics = best_time(
+        lambda: evaluate.evaluate_features(
+            query_features, query_labels, db_features, db_labels, top
+        ),
+        repeats,
+    )
+    faiss_float_index = faiss.IndexFlatL2(config["feature_dim"])
+    faiss_float_index.add(db_features)
+    faiss_float_wall, faiss_float_cpu, (_, faiss_float_ids) = best_time(
+        lambda: faiss_float_index.search(query_features, top), repeats
+    )
+    _, float_ids = evaluate.ExactEuclideanSearch(db_features).search(query_features, top)
+    subset_metrics = evaluate.evaluate_retrieval(
+        query_bits[:subset], query_labels[:subset], db_bits, db_labels, top
+    )
 
     scale = config["nq"] / subset
     rows = [
@@ -164,6 +207,19 @@ def run_benchmark(config):
             faiss_cpu,
             f"{faiss.omp_get_max_threads()} OpenMP threads",
         ),
+        ("(e) evaluate_features, float mAP", features_wall, features_cpu, ""),
+        (
+            "(f) faiss.IndexFlatL2.search",
+            faiss_float_wall,
+            faiss_float_cpu,
+            f"{faiss.omp_get_max_threads()} OpenMP threads",
+        ),
+        (
+            "(a) + (e): retrieval.run's evaluation",
+            evaluate_wall + features_wall,
+            evaluate_cpu + features_cpu,
+            "",
+        ),
     ]
     checks = {
         "distances (b) == faiss": bool(np.array_equal(distances, faiss_distances)),
@@ -175,7 +231,14 @@ def run_benchmark(config):
         ),
         "ids (b) == faiss, fraction": float(np.mean(ids == faiss_ids)),
         "mAP (a) - mAP with search=faiss": metrics["mAP"] - faiss_metrics["mAP"],
+        "mAP@all (a) - numpy reference, subset": subset_metrics["mAP_all"] - reference_map_all(
+            query_codes[:subset], query_labels[:subset], db_codes, db_labels
+        ),
+        "float ids (e) == faiss IndexFlatL2, fraction": float(
+            np.mean(float_ids == faiss_float_ids)
+        ),
     }
+    metrics = {**metrics, "float_mAP": features_metrics["mAP"]}
     return rows, metrics, checks
 
 
@@ -204,7 +267,9 @@ def main():
     for name, seconds, cpu, note in rows:
         print(f"{name:42} {seconds:8.2f} {cpu:6.2f} {config['nq'] / seconds:10.0f}  {note}")
     print(f"\nmAP@{config['top']} = {metrics['mAP']:.5f}, "
-          f"precision@{config['top']} = {metrics['precision']:.5f}")
+          f"precision@{config['top']} = {metrics['precision']:.5f}, "
+          f"mAP@all = {metrics['mAP_all']:.5f}, precision@r2 = {metrics['precision_r2']:.5f}, "
+          f"float mAP@{config['top']} = {metrics['float_mAP']:.5f}")
     for name, value in checks.items():
         print(f"check: {name}: {value}")
 
@@ -215,7 +280,12 @@ def main():
             "versions": versions(),
             "seconds": {name: seconds for name, seconds, _, _ in rows},
             "cpu_seconds": {name: cpu for name, _, cpu, _ in rows},
-            "metrics": {"mAP": metrics["mAP"], "precision": metrics["precision"]},
+            "metrics": {
+                name: metrics[name]
+                for name in (
+                    "mAP", "precision", "mAP_all", "precision_r2", "recall_r2", "float_mAP"
+                )
+            },
             "checks": checks,
         }
         args.json.write_text(json.dumps(results, indent=2) + "\n")
