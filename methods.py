@@ -148,15 +148,16 @@ class PairwiseLikelihoodLoss(keras.losses.Loss):
     and for any `quantization_weight`.
 
     Quantisation: DHN's smooth surrogate of the L1 distance to the nearest of
-    +-1, `log cosh(|u_ik| - 1)`, summed over the `L` bits of a code.
+    +-1, `log cosh(|u_ik| - 1)`, averaged over the `L` bits of a code (as the
+    DeepHash ports do). Summed over the bits instead, it is `L` times stronger:
+    it then saturated the sigmoids within the first steps, before the codes
+    depended on the image, and every image got the same code (mAP at chance on
+    MNIST after 2 epochs at 16 bits).
 
     Normalisation: the pair term is averaged over the `batch * (batch - 1)`
     ordered pairs with `i != j` (an image paired with itself is always
     "similar" and would only push its code's norm up); the quantisation term is
-    averaged over the `batch` codes. Both terms are thus per-code sums over
-    bits, so `quantization_weight = 1` weighs one code's quantisation error as
-    much as one pair's likelihood, at every code length. (DHN sums both over
-    the data set instead, which weights the pair term by the batch size.)
+    averaged over the `batch` codes and their bits.
 
     `call` returns one value per image, `mean_j!=i(loss_ij) +
     quantization_weight * quantisation_i`, whose mean over the batch is the
@@ -193,7 +194,7 @@ class PairwiseLikelihoodLoss(keras.losses.Loss):
         pair_loss = ops.where(_not_self(codes), ops.softplus(theta) - similar * theta, 0.0)
         other_images = ops.maximum(ops.cast(ops.shape(codes)[0], codes.dtype) - 1.0, 1.0)
         likelihood = ops.sum(pair_loss, axis=1) / other_images
-        quantization = ops.sum(_log_cosh(ops.abs(codes) - 1.0), axis=1)
+        quantization = ops.mean(_log_cosh(ops.abs(codes) - 1.0), axis=1)
         return likelihood + self.quantization_weight * quantization
 
     def get_config(self):

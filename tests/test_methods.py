@@ -32,13 +32,13 @@ def loss_value(loss, labels, latent):
         # latent A = [1, 1, 1] -> u_A = [1, 1, 1]; latent B = [1, 1, 0.25] -> u_B = [1, 1, -0.5].
         # <u_A, u_B> = 1 + 1 - 0.5 = 1.5, theta = 0.75. Same label, s = 1:
         #   pair loss = log(1 + e^0.75) - 0.75 = log(1 + e^-0.75) = 0.386871 (both ordered pairs).
-        # Quantisation: A: log cosh(0) * 3 = 0; B: log cosh(|-0.5| - 1) = log cosh(0.5) = 0.120115;
-        #   mean over the 2 codes = 0.060057.
-        ([0, 0], 1.0, 0.386871 + 0.060057),
-        ([0, 0], 10.0, 0.386871 + 10 * 0.060057),
+        # Quantisation, mean over bits: A: log cosh(0) = 0; B: log cosh(|-0.5| - 1) / 3 =
+        #   log cosh(0.5) / 3 = 0.120115 / 3 = 0.040038; mean over the 2 codes = 0.020019.
+        ([0, 0], 1.0, 0.386871 + 0.020019),
+        ([0, 0], 10.0, 0.386871 + 10 * 0.020019),
         ([0, 0], 0.0, 0.386871),
         # Different labels, s = 0: pair loss = log(1 + e^0.75) = 1.136871.
-        ([0, 1], 0.5, 1.136871 + 0.5 * 0.060057),
+        ([0, 1], 0.5, 1.136871 + 0.5 * 0.020019),
     ],
 )
 def test_dhn_loss_matches_hand_computation(labels, quantization_weight, expected):
