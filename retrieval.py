@@ -417,7 +417,6 @@ def run(config, verbose=1, resume=False, callbacks=()):
 
     import keras  # deferred: everything above runs without TensorFlow
 
-    import methods
     import train
 
     keras.utils.set_random_seed(config["seed"])

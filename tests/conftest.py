@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -14,6 +15,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
+from cli import TINY_CLASSES, TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS, tiny_image  # noqa: E402  (needs sys.path)
+
 
 @pytest.fixture
 def shared_datasets():
@@ -21,3 +24,23 @@ def shared_datasets():
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"optional offline datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Every test caches decoded data in its session's temporary folder, never in the user's cache."""
+    monkeypatch.setenv("DEEPHASH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory):
+    """An image-folder tree `train/<class>/*.png`, `test/<class>/*.png` of 4 easy classes."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", TINY_TRAIN_PER_CLASS), ("test", TINY_TEST_PER_CLASS)):
+        for class_index, name in enumerate(TINY_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for item in range(per_class):
+                tiny_image(class_index, rng).save(folder / f"{item:03d}.png")
+    return root

@@ -16,7 +16,7 @@ import methods
 import models
 import retrieval
 import rundir
-from test_retrieval import fails_with, private_cache, tiny_argv, tiny_tree  # noqa: F401 (fixtures)
+from cli import fails_with, tiny_argv
 
 
 def loss_value(loss, labels, latent):

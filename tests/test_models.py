@@ -12,6 +12,7 @@ import models
 import retrieval
 import rundir
 import train
+from cli import fails_with
 
 
 @pytest.mark.parametrize("arch", models.SCRATCH_ARCHS)
@@ -288,22 +289,8 @@ def two_class_tree(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPHASH_CACHE", str(tmp_path / "cache"))
-
-
 def backbone_argv(tree, out, *extra):
     return ["--data-dir", str(tree), "--arch", "mobilenetv2", "--backbone-size", "32", "-l", "8", "-e", "1", "-s", "0", "-t", "all", "--out", str(out), *extra]
-
-
-def cli_fails_with(capsys, argv, message):
-    with pytest.raises(SystemExit) as exit_info:
-        retrieval.main(argv)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert message in stderr and "Traceback" not in stderr, stderr
-    return stderr
 
 
 @pytest.mark.parametrize(
@@ -319,7 +306,7 @@ def cli_fails_with(capsys, argv, message):
     ],
 )
 def test_bad_backbone_arguments_exit_2(capsys, tmp_path, argv, message):
-    cli_fails_with(capsys, [*argv, "--out", str(tmp_path / "run")], message)
+    fails_with(capsys, [*argv, "--out", str(tmp_path / "run")], message)
 
 
 def test_missing_weights_file_fails_before_keras_is_imported(tmp_path):
@@ -352,7 +339,7 @@ def test_cli_trains_a_mobilenetv2_backbone(two_class_tree, tmp_path, private_cac
 
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
 def test_cli_offline_imagenet_weights_exit_2(two_class_tree, tmp_path, private_cache, offline, capsys):
-    stderr = cli_fails_with(capsys, backbone_argv(two_class_tree, tmp_path / "offline"), "--weights PATH")
+    stderr = fails_with(capsys, backbone_argv(two_class_tree, tmp_path / "offline"), "--weights PATH")
     message = stderr.strip().splitlines()[-1]  # after argparse's usage lines
     assert message.startswith("retrieval.py: error: Could not download the ImageNet weights of mobilenetv2 (")
     assert "offline" in message and "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in message

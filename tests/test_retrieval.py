@@ -9,7 +9,6 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 import data
 import methods
@@ -17,53 +16,7 @@ import models
 import retrieval
 import rundir
 import train
-
-TINY_CLASSES = ("circle", "square", "stripes", "triangle")
-TINY_TRAIN_PER_CLASS, TINY_TEST_PER_CLASS, TINY_SIZE = 30, 8, 32
-
-
-def tiny_image(class_index, rng):
-    """A 32x32 RGB image (CIFAR-sized) whose bright quadrant says its class, plus noise: easy to learn."""
-    pixels = rng.integers(0, 60, size=(TINY_SIZE, TINY_SIZE, 3))
-    half = TINY_SIZE // 2
-    row, column = divmod(class_index, 2)
-    pixels[row * half : (row + 1) * half, column * half : (column + 1) * half, class_index % 3] += 190
-    return Image.fromarray(pixels.astype(np.uint8))
-
-
-@pytest.fixture(scope="session")
-def tiny_tree(tmp_path_factory):
-    """An image-folder tree `train/<class>/*.png`, `test/<class>/*.png` of 4 easy classes."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", TINY_TRAIN_PER_CLASS), ("test", TINY_TEST_PER_CLASS)):
-        for class_index, name in enumerate(TINY_CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for item in range(per_class):
-                tiny_image(class_index, rng).save(folder / f"{item:03d}.png")
-    return root
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DEEPHASH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def fails_with(capsys, argv, message):
-    """Runs the CLI in-process and asserts exit status 2 with `message` on stderr, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        retrieval.main(argv)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert message in stderr, stderr
-    assert "Traceback" not in stderr
-    return stderr
-
-
-def tiny_argv(tiny_tree, out, *extra):
-    return ["--data-dir", str(tiny_tree), "--arch", "dbr", "-l", "12", "-e", "3", "-s", "0", "--out", str(out), *extra]
-
+from cli import TINY_CLASSES, fails_with, tiny_argv
 
 # --- bad input: every case ends with a one-line message and exit status 2 -------------
 

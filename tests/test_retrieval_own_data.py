@@ -9,13 +9,9 @@ from PIL import Image
 import data
 import retrieval
 import rundir
+from cli import fails_with
 
 CLASSES = ("circle", "square", "stripes")
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +30,6 @@ def photo_folder(tmp_path_factory):
             image.save(root / name / f"{item:02d}.png")
     (root / "square" / "broken.jpg").write_bytes(b"not a jpeg")
     return root
-
-
-def fails_with(capsys, argv, message):
-    """Runs the CLI in-process and asserts exit status 2 with `message` on one stderr line, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        retrieval.main(argv)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert message in stderr, stderr
-    assert "Traceback" not in stderr
-    return stderr
 
 
 def test_folder_dataset_end_to_end(photo_folder, tmp_path):
