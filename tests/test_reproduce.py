@@ -2,7 +2,6 @@
 
 import json
 
-
 import reproduce
 
 
