@@ -56,6 +56,13 @@ MISSING_DISTANCE = np.iinfo(np.int32).max
 # with this many queries. 16 keeps a block's query words and bounds in registers and L1.
 QUERY_BLOCK = 16
 
+# Database codes scanned by every query of a block before the next chunk: 4096 x 8 bytes stays
+# in L1/L2 cache while the block's queries pass over it.
+DB_CHUNK = 4096
+
+# Codes whose smallest distance is checked at once (vectorised) before any is looked at alone.
+SUB_CHUNK = 64
+
 # Most candidate-buffer bytes (12 per slot) one query block may hold; shrinks the block for huge k.
 BUFFER_BYTES = 2**28
 
@@ -162,10 +169,61 @@ def _keep_k(buffer_distances, buffer_ids, count, k, bits):
     return threshold
 
 
+@numba.njit(cache=True, nogil=True)
+def _scan_one_word(word, db_words, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
+    """Scans codes `lo..hi-1` of one-word (<= 64-bit) codes for one query: (count, bound).
+
+    Each sub-chunk's smallest distance comes first, from a loop that LLVM vectorises (a vector
+    popcount on AVX-512, `vpopcntq`); only a sub-chunk holding a code under the bound is scanned
+    again one code at a time. Once the bound has dropped, that is rare.
+    """
+    capacity = buffer_distances.shape[0]
+    sub_distances = np.empty(SUB_CHUNK, dtype=np.int64)
+    for sub_lo in range(lo, hi, SUB_CHUNK):
+        sub_size = min(SUB_CHUNK, hi - sub_lo)
+        smallest = np.int64(bits + 1)
+        for j in range(sub_size):
+            distance = np.int64(_popcount(word ^ db_words[sub_lo + j]))
+            sub_distances[j] = distance
+            smallest = min(smallest, distance)
+        if smallest >= bound:
+            continue
+        for j in range(sub_size):
+            distance = sub_distances[j]
+            if distance < bound:
+                buffer_distances[count] = distance
+                buffer_ids[count] = sub_lo + j
+                count += 1
+                if count == capacity:
+                    bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
+                    count = k
+    return count, bound
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_words(query, db_words, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
+    """Scans codes `lo..hi-1` of multi-word codes for one query; returns its (count, bound)."""
+    capacity = buffer_distances.shape[0]
+    nwords = db_words.shape[1]
+    for i in range(lo, hi):
+        distance = np.int64(0)
+        for w in range(nwords):
+            distance += np.int64(_popcount(query[w] ^ db_words[i, w]))
+        if distance < bound:
+            buffer_distances[count] = distance
+            buffer_ids[count] = i
+            count += 1
+            if count == capacity:
+                bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
+                count = k
+    return count, bound
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _exact_search(query_words, db_words, k, bits, block, capacity):
+def _exact_search(query_words, db_words, k, bits, block, capacity, chunk):
     nq, nwords = query_words.shape
     ntotal = db_words.shape[0]
+    db_column = np.ascontiguousarray(db_words[:, 0])  # one-word codes as a contiguous vector
     out_distances = np.empty((nq, k), dtype=np.int32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     nblocks = (nq + block - 1) // block
@@ -176,21 +234,20 @@ def _exact_search(query_words, db_words, k, bits, block, capacity):
         buffer_ids = np.empty((size, capacity), dtype=np.int64)
         counts = np.zeros(size, dtype=np.int64)
         bounds = np.full(size, bits + 1, dtype=np.int64)  # admit distance < bound
-        queries = query_words[start:start + size]
-        for i in range(ntotal):
+        # Database chunks small enough to stay in cache while every query of the block scans them.
+        for lo in range(0, ntotal, chunk):
+            hi = min(lo + chunk, ntotal)
             for q in range(size):
-                distance = 0
-                for w in range(nwords):
-                    distance += _popcount(queries[q, w] ^ db_words[i, w])
-                if distance < bounds[q]:
-                    c = counts[q]
-                    buffer_distances[q, c] = distance
-                    buffer_ids[q, c] = i
-                    c += 1
-                    if c == capacity:
-                        bounds[q] = _keep_k(buffer_distances[q], buffer_ids[q], c, k, bits)
-                        c = k
-                    counts[q] = c
+                if nwords == 1:
+                    counts[q], bounds[q] = _scan_one_word(
+                        query_words[start + q, 0], db_column, lo, hi, bounds[q],
+                        buffer_distances[q], buffer_ids[q], counts[q], k, bits,
+                    )
+                else:
+                    counts[q], bounds[q] = _scan_words(
+                        query_words[start + q], db_words, lo, hi, bounds[q],
+                        buffer_distances[q], buffer_ids[q], counts[q], k, bits,
+                    )
         # Exactly k per query, then a stable counting sort by distance (ids stay ascending).
         histogram = np.empty(bits + 2, dtype=np.int64)
         for q in range(size):
@@ -290,7 +347,7 @@ class ExactEngine:
         if len(query_codes) == 0:
             return np.empty((0, k), np.int32), np.empty((0, k), np.int64)
         return _exact_search(
-            _to_words(query_codes), self._db_words, k, self.bits, block, capacity
+            _to_words(query_codes), self._db_words, k, self.bits, block, capacity, DB_CHUNK
         )
 
     def range_search(self, query_codes, radius):
