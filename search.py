@@ -328,34 +328,13 @@ def query(args):
 
 
 def make_engine(name, db_codes, bits):
-    """The search engine `name` over the index codes: `engines.make_engine` where that module exists."""
+    """The search engine `name` (`engines.ENGINES`) over the index codes."""
+    import engines
+
     try:
-        import engines
-    except ImportError:
-        if name != "exact":
-            raise UsageError(f"--engine {name} is not available in this version; use --engine exact") from None
-        return _ExactEngine(db_codes)
-    return engines.make_engine(name, db_codes, bits)
-
-
-class _ExactEngine:
-    """`evaluate.ExactHammingSearch` with `range_search`, until engines.py provides the engines."""
-
-    def __init__(self, db_codes):
-        import evaluate
-
-        self._search = evaluate.ExactHammingSearch(db_codes)
-
-    def search(self, query_codes, k):
-        return self._search.search(query_codes, k)
-
-    def range_search(self, query_codes, radius):
-        results = []
-        for row in self._search.distances(query_codes):
-            ids = np.flatnonzero(row <= radius)
-            order = np.lexsort((ids, row[ids]))
-            results.append((row[ids][order].astype(np.int32), ids[order].astype(np.int64)))
-        return results
+        return engines.make_engine(name, db_codes, bits)
+    except ValueError as error:
+        raise UsageError(f"--engine {name}: {error}") from None
 
 
 def _encode_queries(encoder, features_model, images):

@@ -191,3 +191,9 @@ def test_corrupt_index_and_rerank_without_features(capsys, built_index, models_d
     plain = tmp_path / "plain.h5"
     assert search.main(["encode", "--model", models_dir["model"], "--images", str(tiny_tree / "test" / "circle"), "--out", str(plain)]) == 0
     _fails(capsys, ["query", "--index", str(plain), "--query-id", "000.png", "--rerank", "5"], "--rerank needs float features")
+
+
+def test_engine_names_match_the_engines_module():
+    import engines
+
+    assert search.ENGINES == engines.ENGINES
