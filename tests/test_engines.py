@@ -1,0 +1,187 @@
+"""Tests for engines.py: exact engines identical to a NumPy reference, range search, bad input,
+and the approximate engines' shapes and recall."""
+
+import numpy as np
+import pytest
+
+from engines import ENGINES, MISSING_ID, make_engine
+from evaluate import pack_bits
+
+CODE_LENGTHS = [8, 12, 48, 64, 65]
+EXACT_ENGINES = ["exact", "faiss"]
+
+
+def random_bits(rng, n, bits, free_bits=None):
+    """Random 0/1 codes; with `free_bits`, only that many bits vary, so distances tie often."""
+    codes = rng.integers(0, 2, size=(n, bits), dtype=np.uint8)
+    if free_bits is not None:
+        codes[:, free_bits:] = 0
+    return codes
+
+
+def reference_distances(query_bits, db_bits):
+    return (query_bits[:, None, :] != db_bits[None, :, :]).sum(axis=-1).astype(np.int32)
+
+
+def reference_search(query_bits, db_bits, k):
+    """The k nearest by (distance, id): a stable argsort of every distance."""
+    distances = reference_distances(query_bits, db_bits)
+    ids = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(distances, ids, axis=1), ids
+
+
+def reference_range_search(query_bits, db_bits, radius):
+    results = []
+    for row in reference_distances(query_bits, db_bits):
+        ids = np.flatnonzero(row <= radius)
+        ids = ids[np.argsort(row[ids], kind="stable")]
+        results.append((row[ids], ids))
+    return results
+
+
+@pytest.fixture(scope="module")
+def tied_data():
+    """Per code length: query and database bits with few free bits, so ties abound."""
+    rng = np.random.default_rng(0)
+    data = {}
+    for bits in CODE_LENGTHS:
+        free_bits = min(bits, 6)
+        db_bits = random_bits(rng, 2000, bits, free_bits)
+        query_bits = random_bits(rng, 40, bits, free_bits)
+        data[bits] = query_bits, db_bits
+    return data
+
+
+@pytest.mark.parametrize("bits", CODE_LENGTHS)
+@pytest.mark.parametrize("k", [1, 7, 100, 2000])
+def test_exact_engines_match_reference_with_ties(tied_data, bits, k):
+    query_bits, db_bits = tied_data[bits]
+    expected_distances, expected_ids = reference_search(query_bits, db_bits, k)
+    for name in EXACT_ENGINES:
+        engine = make_engine(name, pack_bits(db_bits), bits)
+        # FAISS takes another path below 20 queries; both must agree.
+        for queries in (query_bits[:3], query_bits):
+            distances, ids = engine.search(pack_bits(queries), k)
+            assert distances.dtype == np.int32 and ids.dtype == np.int64, name
+            np.testing.assert_array_equal(distances, expected_distances[: len(queries)], name)
+            np.testing.assert_array_equal(ids, expected_ids[: len(queries)], name)
+
+
+@pytest.mark.parametrize("bits", [48, 64, 65])
+def test_exact_engines_match_reference_on_spread_distances(bits):
+    rng = np.random.default_rng(bits)
+    db_bits = random_bits(rng, 5000, bits)
+    query_bits = np.concatenate([db_bits[:5], random_bits(rng, 30, bits)])
+    expected = reference_search(query_bits, db_bits, 50)
+    for name in EXACT_ENGINES:
+        result = make_engine(name, pack_bits(db_bits), bits).search(pack_bits(query_bits), 50)
+        np.testing.assert_array_equal(result[0], expected[0], name)
+        np.testing.assert_array_equal(result[1], expected[1], name)
+
+
+def test_exact_small_query_blocks_and_many_selections():
+    # k small against the database forces many selections in the candidate buffer; query_block=3
+    # leaves a partial last block.
+    rng = np.random.default_rng(1)
+    db_bits = random_bits(rng, 20000, 64, free_bits=10)
+    query_bits = random_bits(rng, 10, 64, free_bits=10)
+    engine = make_engine("exact", pack_bits(db_bits), 64, query_block=3)
+    for k in (1, 3, 300):
+        distances, ids = engine.search(pack_bits(query_bits), k)
+        expected_distances, expected_ids = reference_search(query_bits, db_bits, k)
+        np.testing.assert_array_equal(distances, expected_distances)
+        np.testing.assert_array_equal(ids, expected_ids)
+
+
+@pytest.mark.parametrize("name", EXACT_ENGINES)
+def test_padding_bits_are_ignored(name):
+    # 12-bit codes: the last byte's 4 padding bits set in the database must not count.
+    db_codes = pack_bits(np.zeros((3, 12), dtype=np.uint8))
+    db_codes[:, -1] |= 0x0F
+    engine = make_engine(name, db_codes, 12)
+    distances, ids = engine.search(pack_bits(np.zeros((1, 12), dtype=np.uint8)), 3)
+    np.testing.assert_array_equal(distances, [[0, 0, 0]])
+    np.testing.assert_array_equal(ids, [[0, 1, 2]])
+
+
+@pytest.mark.parametrize("bits", CODE_LENGTHS)
+@pytest.mark.parametrize("name", EXACT_ENGINES)
+def test_range_search_matches_reference(tied_data, bits, name):
+    query_bits, db_bits = tied_data[bits]
+    engine = make_engine(name, pack_bits(db_bits), bits)
+    for radius in (0, 2, bits):
+        results = engine.range_search(pack_bits(query_bits), radius)
+        expected = reference_range_search(query_bits, db_bits, radius)
+        assert len(results) == len(expected)
+        for (distances, ids), (expected_distances, expected_ids) in zip(results, expected):
+            assert distances.dtype == np.int32 and ids.dtype == np.int64
+            np.testing.assert_array_equal(distances, expected_distances)
+            np.testing.assert_array_equal(ids, expected_ids)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_bad_input(name):
+    db_codes = pack_bits(np.random.default_rng(2).integers(0, 2, size=(300, 16)))
+    engine = make_engine(name, db_codes, 16)
+    assert (engine.ntotal, engine.bits) == (300, 16)
+    queries = db_codes[:2]
+    with pytest.raises(ValueError, match=r"`k` must be .* between 1 and .* 300\. Received: k=0"):
+        engine.search(queries, 0)
+    with pytest.raises(ValueError, match=r"Received: k=301"):
+        engine.search(queries, 301)
+    with pytest.raises(ValueError, match=r"`radius` must be .* bits=16\. Received: radius=17"):
+        engine.range_search(queries, 17)
+    with pytest.raises(ValueError, match=r"Received: radius=-1"):
+        engine.range_search(queries, -1)
+    with pytest.raises(ValueError, match=r"`query_codes` must have shape \[n, 2\] .* "
+                       r"Received: query_codes.shape=\(2, 3\)"):
+        engine.search(np.zeros((2, 3), dtype=np.uint8), 1)
+    with pytest.raises(TypeError, match=r"Received: query_codes.dtype=int64"):
+        engine.search(np.zeros((2, 2), dtype=np.int64), 1)
+
+
+def test_bad_construction():
+    db_codes = pack_bits(np.zeros((10, 16), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"`name` must be one of .* Received: name='hnsw'"):
+        make_engine("hnsw", db_codes, 16)
+    with pytest.raises(ValueError, match=r"`db_codes` must have shape \[n, 3\] .* "
+                       r"Received: db_codes.shape=\(10, 2\)"):
+        make_engine("exact", db_codes, 17)
+    with pytest.raises(ValueError, match=r"`bits` must be a positive integer .* Received: bits=0"):
+        make_engine("exact", db_codes, 0)
+    with pytest.raises(ValueError, match=r"at least one code\. Received: db_codes.shape=\(0, 2\)"):
+        make_engine("faiss", db_codes[:0], 16)
+    with pytest.raises(TypeError, match=r"Received: nprobe=4"):
+        make_engine("faiss-mih", db_codes, 16, nprobe=4)
+
+
+@pytest.mark.parametrize("name, options", [("faiss-ivf", {"nprobe": 8}), ("faiss-mih", {})])
+def test_approximate_engines_recall_on_easy_data(name, options):
+    # Easy data: 64 well-separated centres, each database code one or two bits from its centre;
+    # the queries are centres too, so their nearest neighbours are the centre's cluster.
+    rng = np.random.default_rng(3)
+    centres = random_bits(rng, 64, 64)
+    members = np.repeat(centres, 50, axis=0)
+    flips = rng.integers(0, 64, size=(len(members), 2))
+    members[np.arange(len(members))[:, None], flips] ^= 1
+    db_codes = pack_bits(members)
+    exact = make_engine("exact", db_codes, 64)
+    engine = make_engine(name, db_codes, 64, **options)
+    queries = pack_bits(centres[:20])
+    distances, ids = engine.search(queries, 10)
+    assert distances.shape == ids.shape == (20, 10)
+    assert distances.dtype == np.int32 and ids.dtype == np.int64
+    found = ids != MISSING_ID
+    assert np.all(np.diff(distances, axis=1) >= 0)
+    exact_distances, _ = exact.search(queries, 10)
+    # Clusters tie a lot, so recall counts codes no farther than the exact k-th (any id).
+    recall = np.mean(found & (distances <= exact_distances[:, -1:]))
+    assert recall > 0.8, recall
+    # Every returned distance is the true distance of that code.
+    true = make_engine("exact", db_codes, 64).range_search(queries, 64)
+    for row, (row_distances, row_ids) in enumerate(zip(distances, ids)):
+        lookup = dict(zip(true[row][1].tolist(), true[row][0].tolist()))
+        for distance, db_id in zip(row_distances[found[row]], row_ids[found[row]]):
+            assert lookup[db_id] == distance
+    results = engine.range_search(queries, 2)
+    assert len(results) == 20 and all(len(ids) > 0 for _, ids in results)
