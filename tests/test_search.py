@@ -197,3 +197,22 @@ def test_engine_names_match_the_engines_module():
     import engines
 
     assert search.ENGINES == engines.ENGINES
+
+
+def test_encode_takes_any_size_and_mode_and_skips_unreadable_files(capsys, models_dir, tmp_path):
+    folder = tmp_path / "mixed"
+    (folder / "deep" / "er").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 80), dtype=np.uint8), "L").save(folder / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (90, 40, 4), dtype=np.uint8), "RGBA").save(folder / "deep" / "alpha.png")
+    Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(folder / "deep" / "er" / "big.jpg")
+    (folder / "broken.png").write_text("not a picture")
+    out = tmp_path / "mixed.h5"
+    capsys.readouterr()
+    assert search.main(["encode", "--model", models_dir["model"], "--images", str(folder), "--out", str(out)]) == 0
+    assert "skipped broken.png" in capsys.readouterr().err
+    index = index_file.read_index(out)
+    assert index.ids() == ["deep/alpha.png", "deep/er/big.jpg", "grey.png"] and not index.has_labels
+    report = _query_json(capsys, "--index", str(out), "--model", models_dir["model"], str(folder / "deep" / "er" / "big.jpg"), "-k", "3", "--grid", str(tmp_path / "g.png"))
+    assert report["queries"][0]["label"] is None and "label" not in report["queries"][0]["results"][0]
+    assert any(row["id"] == "deep/er/big.jpg" and row["distance"] == 0 for row in report["queries"][0]["results"])
