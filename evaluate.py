@@ -315,6 +315,13 @@ def hamming_distances(query_codes, db_codes):
     return np.asarray(distances, dtype=np.int32)
 
 
+def _check_not_empty(array, name):
+    """Returns `array` if it has at least one row; a search over nothing is a caller's mistake."""
+    if len(array) == 0:
+        raise ValueError(f"`{name}` must hold at least one row. Received: {name}.shape={array.shape}")
+    return array
+
+
 class ExactHammingSearch:
     """Exact k-nearest-neighbour search in Hamming space, by brute force over packed codes.
 
@@ -337,12 +344,7 @@ class ExactHammingSearch:
     """
 
     def __init__(self, db_codes, batch_elements=BATCH_ELEMENTS):
-        db_codes = _check_codes(db_codes, "db_codes")
-        if len(db_codes) == 0:
-            raise ValueError(
-                "`db_codes` must hold at least one code. "
-                f"Received: db_codes.shape={db_codes.shape}"
-            )
+        db_codes = _check_not_empty(_check_codes(db_codes, "db_codes"), "db_codes")
         self.ntotal, self.code_size = db_codes.shape
         self._kernels = _kernels(_keras_backend())
         self._db_words = _to_words(db_codes, self._kernels.word_dtype)
@@ -418,12 +420,7 @@ class ExactEuclideanSearch:
     """
 
     def __init__(self, db_features, batch_elements=BATCH_ELEMENTS):
-        db_features = _check_features(db_features, "db_features")
-        if len(db_features) == 0:
-            raise ValueError(
-                "`db_features` must hold at least one item. "
-                f"Received: db_features.shape={db_features.shape}"
-            )
+        db_features = _check_not_empty(_check_features(db_features, "db_features"), "db_features")
         self.ntotal, self.d = db_features.shape
         # One product gives |x|^2 - 2 q.x: queries get a column of ones, the database a row of
         # squared norms under its features times -2 (a power of 2: no rounding of its own).
