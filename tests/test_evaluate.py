@@ -455,7 +455,7 @@ def test_rejects_multi_hot_labels_other_than_0_or_1():
 def test_rejects_bad_features():
     with pytest.raises(ValueError, match=r"`db_features` must be a 2-D .*\.shape=\(5,\)"):
         ExactEuclideanSearch(np.zeros(5))
-    with pytest.raises(ValueError, match=r"`db_features` must hold at least one item"):
+    with pytest.raises(ValueError, match=r"`db_features` must hold at least one row"):
         ExactEuclideanSearch(np.zeros((0, 3)))
     with pytest.raises(TypeError, match=r"real numbers .* Received: db_features\.dtype=bool"):
         ExactEuclideanSearch(np.zeros((5, 3), dtype=bool))
