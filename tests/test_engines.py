@@ -185,3 +185,16 @@ def test_approximate_engines_recall_on_easy_data(name, options):
             assert lookup[db_id] == distance
     results = engine.range_search(queries, 2)
     assert len(results) == 20 and all(len(ids) > 0 for _, ids in results)
+
+
+def test_exact_low_guess_falls_back_to_a_full_scan():
+    # The exact engine guesses each query's admission bound from a strided database sample. Here
+    # the sample sees only exact matches (every 8th code), so the guess admits too few codes for
+    # k = 4000 and the engine must scan again without it.
+    db_bits = np.zeros((16384, 64), dtype=np.uint8)
+    db_bits[np.arange(16384) % 8 != 0, :10] = 1
+    query_bits = np.zeros((1, 64), dtype=np.uint8)
+    distances, ids = make_engine("exact", pack_bits(db_bits), 64).search(pack_bits(query_bits), 4000)
+    expected_distances, expected_ids = reference_search(query_bits, db_bits, 4000)
+    np.testing.assert_array_equal(distances, expected_distances)
+    np.testing.assert_array_equal(ids, expected_ids)
