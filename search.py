@@ -167,14 +167,14 @@ def _folder_items(folder, files, size, channels, folder_labels):
     attrs = {"source": "folder", "root": str(root)}
     labels = None
     if folder_labels:
-        names = [posixpath_parent(item) for item in ids]
+        names = [_parent_folder_name(item) for item in ids]
         class_names = sorted(set(names))
         labels = np.array([class_names.index(name) for name in names], dtype=np.int64)
         attrs["class_names"] = class_names
     return ids, np.stack(decoded), labels, attrs
 
 
-def posixpath_parent(relative):
+def _parent_folder_name(relative):
     """The name of the folder holding an image, `"."` at the top."""
     parent = relative.rsplit("/", 1)[0] if "/" in relative else "."
     return parent.rsplit("/", 1)[-1]

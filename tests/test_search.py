@@ -175,6 +175,9 @@ def test_bad_input_exits_2_and_leaves_the_index(capsys, built_index, models_dir,
         ([*query, "--query-id", "nobody"], "is not in the index"),
         ([*query, str(not_an_image)], "need --model"),
         (["query", "--index", str(tmp_path / "none.h5"), "--query-id", "x"], "No index file"),
+        ([*query, "--model", str(not_an_image), "--query-id", "circle/000.png"], "cannot load it as a Keras model"),
+        ([*query, "--model", str(tmp_path / "none.keras"), "--query-id", "circle/000.png"], "--model: no file"),
+        ([*query, "--query-id", "circle/000.png", "--radius", "2", "-k", "3"], "takes no -k"),
     ]
     for argv, message in cases:
         _fails(capsys, argv, message)
