@@ -66,7 +66,7 @@ SUB_CHUNK = 64
 # Database codes sampled per query to guess its admission bound, and the margin (in distance)
 # added to the sample's quantile: a guess below the k-th distance costs a second scan.
 SAMPLE = 2048
-GUESS_MARGIN = 2
+GUESS_MARGIN = 1
 
 # Most candidate-buffer bytes (12 per slot) one query block may hold; shrinks the block for huge k.
 BUFFER_BYTES = 2**28
@@ -183,24 +183,30 @@ def _scan_one_word(word, db_words, lo, hi, bound, buffer_distances, buffer_ids, 
     again one code at a time. Once the bound has dropped, that is rare.
     """
     capacity = buffer_distances.shape[0]
+    sub_distances = np.empty(SUB_CHUNK, dtype=np.uint64)
     for sub_lo in range(lo, hi, SUB_CHUNK):
         # Unsigned indices spare LLVM numba's negative-index wraparound, so the loop vectorises
         # cleanly (about 2x faster than with signed ones).
         base = np.uint64(sub_lo)
+        sub_size = min(SUB_CHUNK, hi - sub_lo)
         smallest = np.uint64(bits + 1)
-        if sub_lo + SUB_CHUNK <= hi:
+        if sub_size == SUB_CHUNK:
             for j in range(SUB_CHUNK):
-                smallest = min(smallest, _popcount(word ^ db_words[base + np.uint64(j)]))
+                distance = _popcount(word ^ db_words[base + np.uint64(j)])
+                sub_distances[np.uint64(j)] = distance
+                smallest = min(smallest, distance)
         else:
-            for j in range(hi - sub_lo):
-                smallest = min(smallest, _popcount(word ^ db_words[base + np.uint64(j)]))
+            for j in range(sub_size):
+                distance = _popcount(word ^ db_words[base + np.uint64(j)])
+                sub_distances[np.uint64(j)] = distance
+                smallest = min(smallest, distance)
         if np.int64(smallest) >= bound:
             continue
-        for i in range(sub_lo, min(sub_lo + SUB_CHUNK, hi)):
-            distance = np.int64(_popcount(word ^ db_words[i]))
+        for j in range(sub_size):
+            distance = np.int64(sub_distances[j])
             if distance < bound:
                 buffer_distances[count] = distance
-                buffer_ids[count] = i
+                buffer_ids[count] = sub_lo + j
                 count += 1
                 if count == capacity:
                     bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
