@@ -179,9 +179,17 @@ def test_bad_input_exits_2_and_leaves_the_index(capsys, built_index, models_dir,
         ([*query, "--model", str(tmp_path / "none.keras"), "--query-id", "circle/000.png"], "--model: no file"),
         ([*query, "--query-id", "circle/000.png", "--radius", "2", "-k", "3"], "takes no -k"),
     ]
+    encode = ["encode", "--model", models_dir["model"], "--out", str(tmp_path / "new.h5")]
+    cases += [
+        ([*encode, "--images", str(tmp_path), "--dataset", "cifar10"], "exactly one of --images FOLDER and --dataset NAME"),
+        ([*encode, "--dataset", "imagenet"], "--dataset must be one of cifar10"),
+        ([*encode, "--images", str(tmp_path / "nowhere")], "--images: no folder"),
+        (["encode", "--model", models_dir["model"], "--out", str(built_index), "--images", str(tmp_path)], "pass --append"),
+    ]
     for argv, message in cases:
         _fails(capsys, argv, message)
     assert built_index.read_bytes() == before
+    assert not (tmp_path / "new.h5").exists()
 
 
 def test_corrupt_index_and_rerank_without_features(capsys, built_index, models_dir, tiny_tree, tmp_path):
