@@ -163,8 +163,6 @@ def read_index(path):
         IndexFileError: the file is missing, not HDF5, truncated, of another format version, or
             its datasets and attributes disagree.
     """
-    import h5py
-
     with _opened(path) as file:
         try:
             missing = [name for name in _REQUIRED_ATTRS if name not in file.attrs] + [
