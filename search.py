@@ -12,6 +12,14 @@ model. `query` prints the k nearest items by Hamming distance as a table or JSON
 as a PNG grid; `--radius R` gives every item within distance R instead; `--rerank N` re-ranks the
 N nearest by Euclidean distance of the stored float features (coarse-to-fine, Lin et al. 2015).
 
+`query --json` prints one object: `index`, `bits`, `ntotal`, `engine`, `k` (null with `--radius`),
+`radius`, `rerank` (null when not asked) and `queries`, a list with per query `query` (the file or
+id), `label` (null unless the query is an indexed item of a labelled index) and `results`, best
+first: `rank` (from 1), `id`, `position` (row in the index), `distance` (Hamming), and where known
+`label` (class name, or a list of names for multi-hot labels), `relevant` (shares the query's
+label) and, with `--rerank`, `feature_distance` (Euclidean). Ties in Hamming distance go to the
+lower position.
+
 Arguments and the index are checked before Keras is imported; a mistake ends with a one-line
 message and exit status 2, and never changes the index.
 """
