@@ -325,7 +325,8 @@ def query(args):
         results = engine.range_search(query_codes, args.radius)
     else:
         distances, ids = engine.search(query_codes, args.rerank or k)
-        results = list(zip(distances, ids))
+        # Approximate engines end a row that found fewer than k with id -1: those slots are dropped.
+        results = [(row_distances[row_ids >= 0], row_ids[row_ids >= 0]) for row_distances, row_ids in zip(distances, ids)]
         if args.rerank is not None:
             results = [_rerank(index, query_features[row], *results[row], k) for row in range(len(results))]
     report = _report(args, index, query_names, query_position, results)

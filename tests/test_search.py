@@ -227,3 +227,13 @@ def test_encode_takes_any_size_and_mode_and_skips_unreadable_files(capsys, model
     report = _query_json(capsys, "--index", str(out), "--model", models_dir["model"], str(folder / "deep" / "er" / "big.jpg"), "-k", "3", "--grid", str(tmp_path / "g.png"))
     assert report["queries"][0]["label"] is None and "label" not in report["queries"][0]["results"][0]
     assert any(row["id"] == "deep/er/big.jpg" and row["distance"] == 0 for row in report["queries"][0]["results"])
+
+
+def test_missing_slots_of_approximate_engines_are_dropped(capsys, built_index, monkeypatch):
+    class HalfEngine:  # finds one neighbour, then reports "missing" as FAISS does
+        def search(self, query_codes, k):
+            return np.array([[0] + [2**31 - 1] * (k - 1)], np.int32), np.array([[5] + [-1] * (k - 1)], np.int64)
+
+    monkeypatch.setattr(search, "make_engine", lambda name, codes, bits: HalfEngine())
+    report = _query_json(capsys, "--index", str(built_index), "--query-id", "circle/005.png", "-k", "3", "--engine", "faiss-ivf")
+    assert [row["id"] for row in report["queries"][0]["results"]] == ["circle/005.png"]
