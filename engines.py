@@ -24,7 +24,10 @@ Engines (`ENGINES`):
   the bound go to a small candidate buffer; when it fills, a histogram of its distances (there are
   only `bits + 1` of them) gives the threshold distance that keeps exactly `k`, ties to the lower
   id, and the bound drops to it. The final `k` are ordered by a counting sort. No general sort
-  runs anywhere, and nothing of size `ntotal` is stored per query.
+  runs anywhere, and nothing of size `ntotal` is stored per query. The kernels live in
+  `hamming_kernels.py`; a search of at most `NUMPY_QUERIES` queries runs the same counting
+  selection in NumPy instead (a histogram of all distances, then the ids under the threshold),
+  so that a query by image never waits for numba's start-up.
 - `faiss`: `faiss.IndexBinaryFlat`, exact; FAISS breaks ties to the lower id as well (the tests
   check it on codes with many ties).
 - `faiss-ivf`: `faiss.IndexBinaryIVF`, approximate; options `nlist` (defaults to `sqrt(ntotal)`)
@@ -41,10 +44,7 @@ Example:
 (array([[0, 1]], dtype=int32), array([[2, 0]]))
 """
 
-import numba
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
 
 ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih")
 
@@ -56,17 +56,9 @@ MISSING_DISTANCE = np.iinfo(np.int32).max
 # with this many queries. 16 keeps a block's query words and bounds in registers and L1.
 QUERY_BLOCK = 16
 
-# Database codes scanned by every query of a block before the next chunk: 4096 x 8 bytes stays
-# in L1/L2 cache while the block's queries pass over it.
-DB_CHUNK = 4096
-
-# Codes whose smallest distance is checked at once (vectorised) before any is looked at alone.
-SUB_CHUNK = 64
-
-# Database codes sampled per query to guess its admission bound, and the margin (in distance)
-# added to the sample's quantile: a guess below the k-th distance costs a second scan.
-SAMPLE = 2048
-GUESS_MARGIN = 1
+# Searches of at most this many queries rank in NumPy (about 10 ms a query over 1M codes): a
+# query by image then never waits for numba's start-up, about a second on first use.
+NUMPY_QUERIES = 4
 
 # Most candidate-buffer bytes (12 per slot) one query block may hold; shrinks the block for huge k.
 BUFFER_BYTES = 2**28
@@ -131,237 +123,6 @@ def _sort_rows(distances, ids):
     return np.take_along_axis(distances, order, -1), np.take_along_axis(ids, order, -1)
 
 
-# ---------------------------------------------------------------------------------------------
-# The exact engine's kernels (numba).
-
-
-@intrinsic
-def _popcount(typingctx, word):
-    """Population count of a uint64 as LLVM's `ctpop`: one POPCNT instruction on x86-64."""
-    signature = types.uint64(types.uint64)
-
-    def codegen(context, builder, sig, args):
-        return builder.ctpop(args[0])
-
-    return signature, codegen
-
-
-@numba.njit(cache=True, nogil=True)
-def _keep_k(buffer_distances, buffer_ids, count, k, bits):
-    """Keeps, in place, the `k` best of `count` candidates (in id order), ties to the lower id.
-
-    Returns the threshold distance `t`: every kept code has distance <= t, and any later code
-    (higher id) needs distance < t to enter.
-    """
-    histogram = np.zeros(bits + 2, dtype=np.int64)
-    for j in range(count):
-        histogram[buffer_distances[j]] += 1
-    below = 0
-    threshold = 0
-    while below + histogram[threshold] < k:
-        below += histogram[threshold]
-        threshold += 1
-    at_threshold = k - below  # the first `at_threshold` codes at the threshold, in id order
-    kept = 0
-    for j in range(count):
-        distance = buffer_distances[j]
-        if distance < threshold or (distance == threshold and at_threshold > 0):
-            if distance == threshold:
-                at_threshold -= 1
-            buffer_distances[kept] = distance
-            buffer_ids[kept] = buffer_ids[j]
-            kept += 1
-    return threshold
-
-
-@numba.njit(cache=True, nogil=True)
-def _scan_one_word(word, db_words, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
-    """Scans codes `lo..hi-1` of one-word (<= 64-bit) codes for one query: (count, bound).
-
-    Each sub-chunk's smallest distance comes first, from a loop that LLVM vectorises (a vector
-    popcount on AVX-512, `vpopcntq`); only a sub-chunk holding a code under the bound is scanned
-    again one code at a time. Once the bound has dropped, that is rare.
-    """
-    capacity = buffer_distances.shape[0]
-    sub_distances = np.empty(SUB_CHUNK, dtype=np.uint64)
-    for sub_lo in range(lo, hi, SUB_CHUNK):
-        # Unsigned indices spare LLVM numba's negative-index wraparound, so the loop vectorises
-        # cleanly (about 2x faster than with signed ones).
-        base = np.uint64(sub_lo)
-        sub_size = min(SUB_CHUNK, hi - sub_lo)
-        smallest = np.uint64(bits + 1)
-        if sub_size == SUB_CHUNK:
-            for j in range(SUB_CHUNK):
-                distance = _popcount(word ^ db_words[base + np.uint64(j)])
-                sub_distances[np.uint64(j)] = distance
-                smallest = min(smallest, distance)
-        else:
-            for j in range(sub_size):
-                distance = _popcount(word ^ db_words[base + np.uint64(j)])
-                sub_distances[np.uint64(j)] = distance
-                smallest = min(smallest, distance)
-        if np.int64(smallest) >= bound:
-            continue
-        for j in range(sub_size):
-            distance = np.int64(sub_distances[j])
-            if distance < bound:
-                buffer_distances[count] = distance
-                buffer_ids[count] = sub_lo + j
-                count += 1
-                if count == capacity:
-                    bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
-                    count = k
-    return count, bound
-
-
-@numba.njit(cache=True, nogil=True)
-def _scan_words(query, db_words, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
-    """Scans codes `lo..hi-1` of multi-word codes for one query; returns its (count, bound)."""
-    capacity = buffer_distances.shape[0]
-    nwords = db_words.shape[1]
-    for i in range(lo, hi):
-        distance = np.int64(0)
-        for w in range(nwords):
-            distance += np.int64(_popcount(query[w] ^ db_words[i, w]))
-        if distance < bound:
-            buffer_distances[count] = distance
-            buffer_ids[count] = i
-            count += 1
-            if count == capacity:
-                bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
-                count = k
-    return count, bound
-
-
-@numba.njit(cache=True, nogil=True)
-def _scan(query, db_words, db_column, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
-    if db_words.shape[1] == 1:
-        return _scan_one_word(
-            query[0], db_column, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits
-        )
-    return _scan_words(query, db_words, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits)
-
-
-@numba.njit(cache=True, nogil=True)
-def _guess_bound(query, db_words, k, bits):
-    """An admission bound likely, not surely, above the k-th distance: from a database sample.
-
-    Returns the smallest distance whose count in the sample reaches its share of k, plus
-    `GUESS_MARGIN` + 1; `bits + 1` (admit all) when the sample is most of the database.
-    """
-    ntotal, nwords = db_words.shape
-    if ntotal < 4 * SAMPLE:
-        return np.int64(bits + 1)
-    step = ntotal // SAMPLE
-    histogram = np.zeros(bits + 1, dtype=np.int64)
-    for s in range(SAMPLE):
-        distance = 0
-        for w in range(nwords):
-            distance += _popcount(query[w] ^ db_words[s * step, w])
-        histogram[distance] += 1
-    needed = k * SAMPLE / ntotal
-    below = 0
-    for threshold in range(bits + 1):
-        below += histogram[threshold]
-        if below >= needed:
-            return np.int64(min(bits + 1, threshold + GUESS_MARGIN + 1))
-    return np.int64(bits + 1)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _exact_search(query_words, db_words, k, bits, block, capacity, chunk):
-    nq, nwords = query_words.shape
-    ntotal = db_words.shape[0]
-    db_column = np.ascontiguousarray(db_words[:, 0])  # one-word codes as a contiguous vector
-    out_distances = np.empty((nq, k), dtype=np.int32)
-    out_ids = np.empty((nq, k), dtype=np.int64)
-    nblocks = (nq + block - 1) // block
-    for b in numba.prange(nblocks):
-        start = b * block
-        size = min(block, nq - start)
-        buffer_distances = np.empty((size, capacity), dtype=np.int32)
-        buffer_ids = np.empty((size, capacity), dtype=np.int64)
-        counts = np.zeros(size, dtype=np.int64)
-        # A guessed admission bound per query, from a strided sample of the database: the
-        # sample's k/ntotal quantile plus a margin. A guess too low is caught below.
-        bounds = np.empty(size, dtype=np.int64)  # admit distance < bound
-        for q in range(size):
-            bounds[q] = _guess_bound(query_words[start + q], db_words, k, bits)
-        # Database chunks small enough to stay in cache while every query of the block scans them.
-        for lo in range(0, ntotal, chunk):
-            hi = min(lo + chunk, ntotal)
-            for q in range(size):
-                counts[q], bounds[q] = _scan(
-                    query_words[start + q], db_words, db_column, lo, hi, bounds[q],
-                    buffer_distances[q], buffer_ids[q], counts[q], k, bits,
-                )
-        for q in range(size):
-            if counts[q] < k:  # fewer than k under the guess: the guess was low; scan again
-                counts[q], bounds[q] = _scan(
-                    query_words[start + q], db_words, db_column, 0, ntotal, bits + 1,
-                    buffer_distances[q], buffer_ids[q], 0, k, bits,
-                )
-        # Exactly k per query, then a stable counting sort by distance (ids stay ascending).
-        histogram = np.empty(bits + 2, dtype=np.int64)
-        for q in range(size):
-            if counts[q] > k:
-                _keep_k(buffer_distances[q], buffer_ids[q], counts[q], k, bits)
-            histogram[:] = 0
-            for j in range(k):
-                histogram[buffer_distances[q, j] + 1] += 1
-            for d in range(1, bits + 2):
-                histogram[d] += histogram[d - 1]
-            for j in range(k):
-                distance = buffer_distances[q, j]
-                slot = histogram[distance]
-                histogram[distance] += 1
-                out_distances[start + q, slot] = distance
-                out_ids[start + q, slot] = buffer_ids[q, j]
-    return out_distances, out_ids
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _range_counts(query_words, db_words, radius):
-    nq, nwords = query_words.shape
-    counts = np.zeros(nq, dtype=np.int64)
-    for q in numba.prange(nq):
-        c = 0
-        for i in range(db_words.shape[0]):
-            distance = 0
-            for w in range(nwords):
-                distance += _popcount(query_words[q, w] ^ db_words[i, w])
-            if distance <= radius:
-                c += 1
-        counts[q] = c
-    return counts
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _range_fill(query_words, db_words, radius, offsets, out_distances, out_ids):
-    """Fills each query's slice, counting-sorted by distance (ids ascending within a distance)."""
-    nq, nwords = query_words.shape
-    for q in numba.prange(nq):
-        histogram = np.zeros(radius + 2, dtype=np.int64)
-        for i in range(db_words.shape[0]):
-            distance = 0
-            for w in range(nwords):
-                distance += _popcount(query_words[q, w] ^ db_words[i, w])
-            if distance <= radius:
-                histogram[distance + 1] += 1
-        histogram[0] = offsets[q]
-        for d in range(1, radius + 2):
-            histogram[d] += histogram[d - 1]
-        for i in range(db_words.shape[0]):
-            distance = 0
-            for w in range(nwords):
-                distance += _popcount(query_words[q, w] ^ db_words[i, w])
-            if distance <= radius:
-                slot = histogram[distance]
-                histogram[distance] += 1
-                out_distances[slot] = distance
-                out_ids[slot] = i
-
-
 def _to_words(codes):
     """Packed codes as C-contiguous uint64 words, each row zero-padded to a whole word."""
     padding = -codes.shape[1] % 8
@@ -376,9 +137,11 @@ class ExactEngine:
         bits: the code length `L`. No default.
         query_block: queries one thread compares per pass over the database.
             Defaults to `QUERY_BLOCK` (16).
+        numpy_queries: searches of at most this many queries run in NumPy, sparing the first
+            call numba's start-up (about a second). Defaults to `NUMPY_QUERIES` (4).
     """
 
-    def __init__(self, db_codes, bits, query_block=QUERY_BLOCK):
+    def __init__(self, db_codes, bits, query_block=QUERY_BLOCK, numpy_queries=NUMPY_QUERIES):
         self.bits = _check_bits(bits)
         db_codes = _check_codes(db_codes, "db_codes", self.bits)
         if len(db_codes) == 0:
@@ -388,37 +151,71 @@ class ExactEngine:
         self.ntotal = len(db_codes)
         self.code_size = db_codes.shape[1]
         self.query_block = int(query_block)
+        self.numpy_queries = int(numpy_queries)
         self._db_words = _to_words(db_codes)
 
     def search(self, query_codes, k):
         """Finds the `k` nearest codes per query: `(int32 [nq, k], int64 [nq, k])`."""
         query_codes = _check_codes(query_codes, "query_codes", self.bits)
         k = _check_k(k, self.ntotal)
+        if len(query_codes) <= self.numpy_queries:
+            return self._numpy_search(_to_words(query_codes), k)
+        import hamming_kernels
+
         # Room for k kept plus at least as many new candidates between two selections.
         capacity = min(self.ntotal, 2 * k + 256)
         block = max(1, min(self.query_block, BUFFER_BYTES // (12 * capacity)))
-        if len(query_codes) == 0:
-            return np.empty((0, k), np.int32), np.empty((0, k), np.int64)
-        return _exact_search(
-            _to_words(query_codes), self._db_words, k, self.bits, block, capacity, DB_CHUNK
+        return hamming_kernels.exact_search(
+            _to_words(query_codes), self._db_words, k, self.bits, block, capacity,
+            hamming_kernels.DB_CHUNK,
         )
 
     def range_search(self, query_codes, radius):
         """Every code within `radius` per query: a list of `(int32 [m], int64 [m])`."""
         query_codes = _check_codes(query_codes, "query_codes", self.bits)
         radius = _check_radius(radius, self.bits)
-        if len(query_codes) == 0:
-            return []
         query_words = _to_words(query_codes)
-        counts = _range_counts(query_words, self._db_words, radius)
+        if len(query_codes) <= self.numpy_queries:
+            return [self._numpy_range(words, radius) for words in query_words]
+        import hamming_kernels
+
+        counts = hamming_kernels.range_counts(query_words, self._db_words, radius)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         distances = np.empty(offsets[-1], dtype=np.int32)
         ids = np.empty(offsets[-1], dtype=np.int64)
-        _range_fill(query_words, self._db_words, radius, offsets, distances, ids)
+        hamming_kernels.range_fill(query_words, self._db_words, radius, offsets, distances, ids)
         return [
             (distances[offsets[q]:offsets[q + 1]], ids[offsets[q]:offsets[q + 1]])
             for q in range(len(query_codes))
         ]
+
+    def _numpy_distances(self, words):
+        """One query's distances to every code, `uint8` (or `uint16` past 255 bits)."""
+        counts = np.bitwise_count(self._db_words ^ words)
+        dtype = np.uint8 if self.bits < 256 else np.uint16
+        return counts[:, 0] if counts.shape[1] == 1 else counts.sum(axis=1, dtype=dtype)
+
+    def _numpy_search(self, query_words, k):
+        """The same counting selection in NumPy, one query at a time, for a few queries."""
+        distances = np.empty((len(query_words), k), dtype=np.int32)
+        ids = np.empty((len(query_words), k), dtype=np.int64)
+        for row, words in enumerate(query_words):
+            all_distances = self._numpy_distances(words)
+            cumulative = np.cumsum(np.bincount(all_distances, minlength=self.bits + 1))
+            threshold = int(np.searchsorted(cumulative, k))  # first distance reaching k codes
+            below = np.flatnonzero(all_distances < threshold)
+            at = np.flatnonzero(all_distances == threshold)[: k - len(below)]
+            chosen = np.concatenate([below, at])
+            # A stable sort of small integers: NumPy's radix sort, ids stay ascending per distance.
+            chosen = chosen[np.argsort(all_distances[chosen], kind="stable")]
+            distances[row], ids[row] = all_distances[chosen], chosen
+        return distances, ids
+
+    def _numpy_range(self, words, radius):
+        all_distances = self._numpy_distances(words)
+        ids = np.flatnonzero(all_distances <= radius)
+        ids = ids[np.argsort(all_distances[ids], kind="stable")]
+        return all_distances[ids].astype(np.int32), ids.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +314,7 @@ def make_engine(name, db_codes, bits, **options):
         db_codes: packed `uint8` codes `[ntotal, ceil(bits / 8)]` from `evaluate.pack_bits`.
             No default.
         bits: the code length `L`. No default.
-        **options: engine options: `query_block` (`exact`); `nlist`, `nprobe` (`faiss-ivf`);
+        **options: engine options: `query_block`, `numpy_queries` (`exact`); `nlist`, `nprobe` (`faiss-ivf`);
             `nhash`, `nflip` (`faiss-mih`).
 
     Returns:
@@ -532,7 +329,7 @@ def make_engine(name, db_codes, bits, **options):
     (2, 3)
     """
     allowed = {
-        "exact": {"query_block"},
+        "exact": {"query_block", "numpy_queries"},
         "faiss": set(),
         "faiss-ivf": {"nlist", "nprobe"},
         "faiss-mih": {"nhash", "nflip"},

@@ -59,7 +59,8 @@ def test_exact_engines_match_reference_with_ties(tied_data, bits, k):
     expected_distances, expected_ids = reference_search(query_bits, db_bits, k)
     for name in EXACT_ENGINES:
         engine = make_engine(name, pack_bits(db_bits), bits)
-        # FAISS takes another path below 20 queries; both must agree.
+        # Both sizes of query batch: FAISS takes another path below 20 queries, and `exact` ranks
+        # up to 4 queries in NumPy, more with its numba kernels; all must agree.
         for queries in (query_bits[:3], query_bits):
             distances, ids = engine.search(pack_bits(queries), k)
             assert distances.dtype == np.int32 and ids.dtype == np.int64, name
