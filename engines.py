@@ -153,6 +153,8 @@ class ExactEngine:
         self.query_block = int(query_block)
         self.numpy_queries = int(numpy_queries)
         self._db_words = _to_words(db_codes)
+        # Word-major copy for the scan kernel; for codes of one word, the same memory.
+        self._db_columns = np.ascontiguousarray(self._db_words.T)
 
     def search(self, query_codes, k):
         """Finds the `k` nearest codes per query: `(int32 [nq, k], int64 [nq, k])`."""
@@ -166,8 +168,8 @@ class ExactEngine:
         capacity = min(self.ntotal, 2 * k + 256)
         block = max(1, min(self.query_block, BUFFER_BYTES // (12 * capacity)))
         return hamming_kernels.exact_search(
-            _to_words(query_codes), self._db_words, k, self.bits, block, capacity,
-            hamming_kernels.DB_CHUNK,
+            _to_words(query_codes), self._db_words, self._db_columns, k, self.bits, block,
+            capacity, hamming_kernels.DB_CHUNK,
         )
 
     def range_search(self, query_codes, radius):

@@ -103,31 +103,51 @@ def _scan_one_word(word, db_words, lo, hi, bound, buffer_distances, buffer_ids, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan_words(query, db_words, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
-    """Scans codes `lo..hi-1` of multi-word codes for one query; returns its (count, bound)."""
+def _scan_columns(query, db_columns, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
+    """Scans codes `lo..hi-1` of multi-word codes for one query; returns its (count, bound).
+
+    The database is stored word-major (`db_columns[w]` holds word `w` of every code), so each
+    word's popcounts for a sub-chunk come from one contiguous, vectorised loop.
+    """
     capacity = buffer_distances.shape[0]
-    nwords = db_words.shape[1]
-    for i in range(lo, hi):
-        distance = np.int64(0)
-        for w in range(nwords):
-            distance += np.int64(_popcount(query[w] ^ db_words[i, w]))
-        if distance < bound:
-            buffer_distances[count] = distance
-            buffer_ids[count] = i
-            count += 1
-            if count == capacity:
-                bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
-                count = k
+    nwords = db_columns.shape[0]
+    sub_distances = np.empty(SUB_CHUNK, dtype=np.uint64)
+    for sub_lo in range(lo, hi, SUB_CHUNK):
+        base = np.uint64(sub_lo)
+        sub_size = min(SUB_CHUNK, hi - sub_lo)
+        word, column = query[0], db_columns[0]
+        for j in range(sub_size):
+            sub_distances[np.uint64(j)] = _popcount(word ^ column[base + np.uint64(j)])
+        for w in range(1, nwords):
+            word, column = query[w], db_columns[w]
+            for j in range(sub_size):
+                sub_distances[np.uint64(j)] += _popcount(word ^ column[base + np.uint64(j)])
+        smallest = np.uint64(bits + 1)
+        for j in range(sub_size):
+            smallest = min(smallest, sub_distances[np.uint64(j)])
+        if np.int64(smallest) >= bound:
+            continue
+        for j in range(sub_size):
+            distance = np.int64(sub_distances[j])
+            if distance < bound:
+                buffer_distances[count] = distance
+                buffer_ids[count] = sub_lo + j
+                count += 1
+                if count == capacity:
+                    bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
+                    count = k
     return count, bound
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan(query, db_words, db_column, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
-    if db_words.shape[1] == 1:
+def _scan(query, db_columns, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
+    if db_columns.shape[0] == 1:
         return _scan_one_word(
-            query[0], db_column, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits
+            query[0], db_columns[0], lo, hi, bound, buffer_distances, buffer_ids, count, k, bits
         )
-    return _scan_words(query, db_words, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits)
+    return _scan_columns(
+        query, db_columns, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits
+    )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -157,10 +177,14 @@ def _guess_bound(query, db_words, k, bits):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def exact_search(query_words, db_words, k, bits, block, capacity, chunk):
-    nq, nwords = query_words.shape
+def exact_search(query_words, db_words, db_columns, k, bits, block, capacity, chunk):
+    """The k nearest per query, `(int32 [nq, k], int64 [nq, k])`, ties to the lower id.
+
+    `db_words` is the database `[ntotal, nwords]`, `db_columns` the same words word-major
+    `[nwords, ntotal]` (for one word, the same memory).
+    """
+    nq = query_words.shape[0]
     ntotal = db_words.shape[0]
-    db_column = np.ascontiguousarray(db_words[:, 0])  # one-word codes as a contiguous vector
     out_distances = np.empty((nq, k), dtype=np.int32)
     out_ids = np.empty((nq, k), dtype=np.int64)
     nblocks = (nq + block - 1) // block
@@ -180,13 +204,13 @@ def exact_search(query_words, db_words, k, bits, block, capacity, chunk):
             hi = min(lo + chunk, ntotal)
             for q in range(size):
                 counts[q], bounds[q] = _scan(
-                    query_words[start + q], db_words, db_column, lo, hi, bounds[q],
+                    query_words[start + q], db_columns, lo, hi, bounds[q],
                     buffer_distances[q], buffer_ids[q], counts[q], k, bits,
                 )
         for q in range(size):
             if counts[q] < k:  # fewer than k under the guess: the guess was low; scan again
                 counts[q], bounds[q] = _scan(
-                    query_words[start + q], db_words, db_column, 0, ntotal, bits + 1,
+                    query_words[start + q], db_columns, 0, ntotal, bits + 1,
                     buffer_distances[q], buffer_ids[q], 0, k, bits,
                 )
         # Exactly k per query, then a stable counting sort by distance (ids stay ascending).

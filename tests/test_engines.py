@@ -80,13 +80,14 @@ def test_exact_engines_match_reference_on_spread_distances(bits):
         np.testing.assert_array_equal(result[1], expected[1], name)
 
 
-def test_exact_small_query_blocks_and_many_selections():
-    # k small against the database forces many selections in the candidate buffer; query_block=3
-    # leaves a partial last block.
+@pytest.mark.parametrize("bits", [64, 130])
+def test_exact_small_query_blocks_and_many_selections(bits):
+    # k small against the database forces many selections in the candidate buffer (and a guessed
+    # bound from a sample, at 20000 codes); query_block=3 leaves a partial last block.
     rng = np.random.default_rng(1)
-    db_bits = random_bits(rng, 20000, 64, free_bits=10)
-    query_bits = random_bits(rng, 10, 64, free_bits=10)
-    engine = make_engine("exact", pack_bits(db_bits), 64, query_block=3)
+    db_bits = random_bits(rng, 20000, bits, free_bits=bits - 54)
+    query_bits = random_bits(rng, 10, bits, free_bits=bits - 54)
+    engine = make_engine("exact", pack_bits(db_bits), bits, query_block=3)
     for k in (1, 3, 300):
         distances, ids = engine.search(pack_bits(query_bits), k)
         expected_distances, expected_ids = reference_search(query_bits, db_bits, k)
