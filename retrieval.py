@@ -308,7 +308,8 @@ def select_split(config, dataset):
     Returns:
         A `protocols.Split`. With `--val-size`, the queries are held out of the
         training split and the database is the rest of it: the test split is not
-        looked at, which is how settings are chosen.
+        looked at, which is how settings are chosen. The database comes in a
+        seeded random order (see `protocols.shuffled`).
     """
     seed = config["seed"]
     labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
@@ -326,6 +327,7 @@ def select_split(config, dataset):
             source = "validation" if config["val_size"] else "test"
             raise UsageError(f"--queries must be at most {available} (the {source} split's size), got {config['queries']}")
         split.queries = split.queries.subset(data.draw_queries(available, config["queries"], seed))
+    split.database = protocols.shuffled(split.database, seed)
     return split
 
 

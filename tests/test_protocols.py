@@ -72,3 +72,11 @@ def test_default_protocols():
     assert protocols.default_protocol("cifar10") == "dlbhc"
     assert protocols.default_protocol("folder:/photos") == "folder"
     assert protocols.default_protocol("list:/nus") == "folder"
+
+
+def test_shuffled_is_a_seeded_permutation():
+    items = protocols.Items(np.zeros(100, np.uint8), np.arange(100))
+    first, again = protocols.shuffled(items, seed=0), protocols.shuffled(items, seed=0)
+    np.testing.assert_array_equal(first.positions, again.positions)
+    assert sorted(first.positions) == list(range(100)) and not np.array_equal(first.positions, np.arange(100))
+    assert not np.array_equal(protocols.shuffled(items, seed=1).positions, first.positions)
