@@ -19,15 +19,17 @@ are cleared in queries and database alike, so they add nothing to any distance.
 Engines (`ENGINES`):
 
 - `exact` (default): brute force compiled with numba. Each thread takes a block of queries and
-  streams the database once for the whole block (one 64-bit word load serves every query of the
-  block): XOR, popcount, and a compare against the query's current admission bound. Codes under
-  the bound go to a small candidate buffer; when it fills, a histogram of its distances (there are
-  only `bits + 1` of them) gives the threshold distance that keeps exactly `k`, ties to the lower
-  id, and the bound drops to it. The final `k` are ordered by a counting sort. No general sort
-  runs anywhere, and nothing of size `ntotal` is stored per query. The kernels live in
-  `hamming_kernels.py`; a search of at most `NUMPY_QUERIES` queries runs the same counting
-  selection in NumPy instead (a histogram of all distances, then the ids under the threshold),
-  so that a query by image never waits for numba's start-up.
+  streams the database in chunks that stay in cache while every query of the block scans them.
+  Each query has an admission bound, first guessed from a database sample (a guess too low is
+  detected and the query scanned again without it). One vectorised loop takes XOR, popcount and
+  the minimum over 64 codes; only when that minimum is under the bound are those codes looked at
+  one by one, and the ones under it go to a small candidate buffer. When the buffer fills, a
+  histogram of its distances (there are only `bits + 1` of them) gives the threshold distance that
+  keeps exactly `k`, ties to the lower id, and the bound drops to it. The final `k` are ordered
+  by a counting sort. No general sort runs anywhere, and nothing of size `ntotal` is stored per
+  query. The kernels live in `hamming_kernels.py`; a search of at most `NUMPY_QUERIES` queries
+  runs the same counting selection in NumPy instead (a histogram of all distances, then the ids
+  under the threshold), so that a query by image never waits for numba's start-up.
 - `faiss`: `faiss.IndexBinaryFlat`, exact; FAISS breaks ties to the lower id as well (the tests
   check it on codes with many ties).
 - `faiss-ivf`: `faiss.IndexBinaryIVF`, approximate; options `nlist` (defaults to `sqrt(ntotal)`)
@@ -52,11 +54,11 @@ ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih")
 MISSING_ID = -1
 MISSING_DISTANCE = np.iinfo(np.int32).max
 
-# Queries one thread serves per pass over the database: each database word loaded is compared
-# with this many queries. 16 keeps a block's query words and bounds in registers and L1.
+# Queries one thread serves per pass over the database: each database chunk brought into cache is
+# scanned by this many queries before the next.
 QUERY_BLOCK = 16
 
-# Searches of at most this many queries rank in NumPy (about 10 ms a query over 1M codes): a
+# Searches of at most this many queries rank in NumPy (a few ms a query over 1M codes): a
 # query by image then never waits for numba's start-up, about a second on first use.
 NUMPY_QUERIES = 4
 
