@@ -36,6 +36,10 @@ Engines (`ENGINES`):
   and `nprobe` (defaults to 16).
 - `faiss-mih`: `faiss.IndexBinaryMultiHash` (multi-index hashing), approximate; options `nhash`
   (defaults to `code bits // 16`) and `nflip` (defaults to 2).
+- `backend`: `evaluate.ExactHammingSearch`, the Keras backend's own XOR + popcount
+  (`tf.raw_ops.PopulationCount`, `jax.lax.population_count`) and `top_k`, exact. These are the
+  kernels `evaluate.evaluate_retrieval` ranks with, registered here so that the project has one
+  Hamming path per engine and every engine one interface.
 
 Example:
 
@@ -48,9 +52,11 @@ Example:
 
 import numpy as np
 
-ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih")
+ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih", "backend")
 
 # Sentinels of the approximate engines for "fewer than k found", at the end of a row (FAISS's).
+# Distances one `backend` range search holds at a time (queries x database codes).
+BACKEND_RANGE_ELEMENTS = 2**24
 MISSING_ID = -1
 MISSING_DISTANCE = np.iinfo(np.int32).max
 
@@ -310,11 +316,45 @@ class FaissEngine:
         ]
 
 
+class BackendEngine:
+    """The `backend` engine: `evaluate.ExactHammingSearch` behind the engine interface.
+
+    Args:
+        db_codes: packed `uint8` codes `[ntotal, ceil(bits / 8)]`. No default.
+        bits: the code length `L`. No default.
+    """
+
+    def __init__(self, db_codes, bits):
+        import evaluate
+
+        self.bits = _check_bits(bits)
+        self._search = evaluate.ExactHammingSearch(_check_codes(db_codes, "db_codes", self.bits))
+        self.ntotal = self._search.ntotal
+
+    def search(self, query_codes, k):
+        """Finds the `k` nearest codes per query: `(int32 [nq, k], int64 [nq, k])`."""
+        query_codes = _check_codes(query_codes, "query_codes", self.bits)
+        return self._search.search(query_codes, _check_k(k, self.ntotal))
+
+    def range_search(self, query_codes, radius):
+        """Every code within `radius` per query: a list of `(int32 [m], int64 [m])`."""
+        query_codes = _check_codes(query_codes, "query_codes", self.bits)
+        radius = _check_radius(radius, self.bits)
+        batch = max(1, BACKEND_RANGE_ELEMENTS // self.ntotal)
+        results = []
+        for start in range(0, len(query_codes), batch):
+            for distances in self._search.distances(query_codes[start:start + batch]):
+                ids = np.flatnonzero(distances <= radius)
+                results.append(_sort_rows(distances[ids].astype(np.int32), ids.astype(np.int64)))
+        return results
+
+
 def make_engine(name, db_codes, bits, **options):
     """Builds a search engine over packed codes by name.
 
     Args:
-        name: one of `ENGINES`: `"exact"`, `"faiss"`, `"faiss-ivf"` or `"faiss-mih"`. No default.
+        name: one of `ENGINES`: `"exact"`, `"faiss"`, `"faiss-ivf"`, `"faiss-mih"` or `"backend"`.
+            No default.
         db_codes: packed `uint8` codes `[ntotal, ceil(bits / 8)]` from `evaluate.pack_bits`.
             No default.
         bits: the code length `L`. No default.
@@ -337,6 +377,7 @@ def make_engine(name, db_codes, bits, **options):
         "faiss": set(),
         "faiss-ivf": {"nlist", "nprobe"},
         "faiss-mih": {"nhash", "nflip"},
+        "backend": set(),
     }
     if name not in allowed:
         raise ValueError(f"`name` must be one of {ENGINES}. Received: name={name!r}")
@@ -348,5 +389,7 @@ def make_engine(name, db_codes, bits, **options):
         )
     if name == "exact":
         return ExactEngine(db_codes, bits, **options)
+    if name == "backend":
+        return BackendEngine(db_codes, bits)
     kind = {"faiss": "flat", "faiss-ivf": "ivf", "faiss-mih": "mih"}[name]
     return FaissEngine(db_codes, bits, kind=kind, **options)

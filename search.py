@@ -37,7 +37,7 @@ import index as index_file
 import rundir
 
 # engines.ENGINES, repeated so that parsing never imports an engine's dependencies.
-ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih")
+ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih", "backend")
 FEATURE_CHOICES = ("none", "latent", "penultimate")
 SPLITS = ("train", "test")
 DEFAULT_K = 10

@@ -8,7 +8,7 @@ from engines import ENGINES, MISSING_ID, make_engine
 from evaluate import pack_bits
 
 CODE_LENGTHS = [8, 12, 48, 64, 65]
-EXACT_ENGINES = ["exact", "faiss"]
+EXACT_ENGINES = ["exact", "faiss", "backend"]
 
 
 def random_bits(rng, n, bits, free_bits=None):
