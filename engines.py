@@ -102,6 +102,14 @@ def _check_codes(codes, name, bits):
     return codes
 
 
+def _check_db_codes(db_codes, bits):
+    """`_check_codes` for a database, which must also hold at least one code."""
+    db_codes = _check_codes(db_codes, "db_codes", bits)
+    if len(db_codes) == 0:
+        raise ValueError(f"`db_codes` must hold at least one code. Received: db_codes.shape={db_codes.shape}")
+    return db_codes
+
+
 def _check_k(k, ntotal):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= ntotal:
         raise ValueError(
@@ -151,11 +159,7 @@ class ExactEngine:
 
     def __init__(self, db_codes, bits, query_block=QUERY_BLOCK, numpy_queries=NUMPY_QUERIES):
         self.bits = _check_bits(bits)
-        db_codes = _check_codes(db_codes, "db_codes", self.bits)
-        if len(db_codes) == 0:
-            raise ValueError(
-                f"`db_codes` must hold at least one code. Received: db_codes.shape={db_codes.shape}"
-            )
+        db_codes = _check_db_codes(db_codes, self.bits)
         self.ntotal = len(db_codes)
         self.code_size = db_codes.shape[1]
         self.query_block = int(query_block)
@@ -250,11 +254,7 @@ class FaissEngine:
         import faiss
 
         self.bits = _check_bits(bits)
-        db_codes = _check_codes(db_codes, "db_codes", self.bits)
-        if len(db_codes) == 0:
-            raise ValueError(
-                f"`db_codes` must hold at least one code. Received: db_codes.shape={db_codes.shape}"
-            )
+        db_codes = _check_db_codes(db_codes, self.bits)
         self.ntotal = len(db_codes)
         self.code_size = db_codes.shape[1]
         d = 8 * self.code_size
@@ -328,7 +328,7 @@ class BackendEngine:
         import evaluate
 
         self.bits = _check_bits(bits)
-        self._search = evaluate.ExactHammingSearch(_check_codes(db_codes, "db_codes", self.bits))
+        self._search = evaluate.ExactHammingSearch(_check_db_codes(db_codes, self.bits))
         self.ntotal = self._search.ntotal
 
     def search(self, query_codes, k):

@@ -19,10 +19,11 @@ def tiny_image(class_index, rng):
     return Image.fromarray(pixels.astype(np.uint8))
 
 
-def fails_with(capsys, argv, message):
-    """Runs the CLI in-process and asserts exit status 2 with `message` on stderr, no traceback."""
+def fails_with(capsys, argv, message, main=retrieval.main):
+    """Runs a CLI's `main` in-process (retrieval.py's unless given) and asserts exit status 2 with
+    `message` on stderr, no traceback."""
     with pytest.raises(SystemExit) as exit_info:
-        retrieval.main(argv)
+        main(argv)
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert message in stderr, stderr

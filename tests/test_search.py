@@ -11,19 +11,13 @@ from PIL import Image
 import evaluate
 import index as index_file
 import search
+from cli import fails_with
 
 BITS = 12
 
 
 def _fails(capsys, argv, message):
-    """Runs search.py in-process and asserts exit status 2 with `message` on stderr, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        search.main(argv)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert message in stderr, stderr
-    assert "Traceback" not in stderr
-    return stderr
+    return fails_with(capsys, argv, message, main=search.main)
 
 
 def _save_model(path, bits, seed):
