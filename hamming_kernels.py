@@ -63,6 +63,22 @@ def _keep_k(buffer_distances, buffer_ids, count, k, bits):
 
 
 @numba.njit(cache=True, nogil=True)
+def _collect(sub_distances, sub_size, sub_lo, bound, buffer_distances, buffer_ids, count, k, bits):
+    """Appends a sub-chunk's codes under the bound to the buffer, selecting when it is full: (count, bound)."""
+    capacity = buffer_distances.shape[0]
+    for j in range(sub_size):
+        distance = np.int64(sub_distances[j])
+        if distance < bound:
+            buffer_distances[count] = distance
+            buffer_ids[count] = sub_lo + j
+            count += 1
+            if count == capacity:
+                bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
+                count = k
+    return count, bound
+
+
+@numba.njit(cache=True, nogil=True)
 def _scan_one_word(word, db_words, lo, hi, bound, buffer_distances, buffer_ids, count, k, bits):
     """Scans codes `lo..hi-1` of one-word (<= 64-bit) codes for one query: (count, bound).
 
@@ -70,7 +86,6 @@ def _scan_one_word(word, db_words, lo, hi, bound, buffer_distances, buffer_ids, 
     popcount on AVX-512, `vpopcntq`); only a sub-chunk holding a code under the bound is scanned
     again one code at a time. Once the bound has dropped, that is rare.
     """
-    capacity = buffer_distances.shape[0]
     sub_distances = np.empty(SUB_CHUNK, dtype=np.uint64)
     for sub_lo in range(lo, hi, SUB_CHUNK):
         # Unsigned indices spare LLVM numba's negative-index wraparound, so the loop vectorises
@@ -88,17 +103,8 @@ def _scan_one_word(word, db_words, lo, hi, bound, buffer_distances, buffer_ids, 
                 distance = _popcount(word ^ db_words[base + np.uint64(j)])
                 sub_distances[np.uint64(j)] = distance
                 smallest = min(smallest, distance)
-        if np.int64(smallest) >= bound:
-            continue
-        for j in range(sub_size):
-            distance = np.int64(sub_distances[j])
-            if distance < bound:
-                buffer_distances[count] = distance
-                buffer_ids[count] = sub_lo + j
-                count += 1
-                if count == capacity:
-                    bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
-                    count = k
+        if np.int64(smallest) < bound:
+            count, bound = _collect(sub_distances, sub_size, sub_lo, bound, buffer_distances, buffer_ids, count, k, bits)
     return count, bound
 
 
@@ -109,7 +115,6 @@ def _scan_columns(query, db_columns, lo, hi, bound, buffer_distances, buffer_ids
     The database is stored word-major (`db_columns[w]` holds word `w` of every code), so each
     word's popcounts for a sub-chunk come from one contiguous, vectorised loop.
     """
-    capacity = buffer_distances.shape[0]
     nwords = db_columns.shape[0]
     sub_distances = np.empty(SUB_CHUNK, dtype=np.uint64)
     for sub_lo in range(lo, hi, SUB_CHUNK):
@@ -125,17 +130,8 @@ def _scan_columns(query, db_columns, lo, hi, bound, buffer_distances, buffer_ids
         smallest = np.uint64(bits + 1)
         for j in range(sub_size):
             smallest = min(smallest, sub_distances[np.uint64(j)])
-        if np.int64(smallest) >= bound:
-            continue
-        for j in range(sub_size):
-            distance = np.int64(sub_distances[j])
-            if distance < bound:
-                buffer_distances[count] = distance
-                buffer_ids[count] = sub_lo + j
-                count += 1
-                if count == capacity:
-                    bound = _keep_k(buffer_distances, buffer_ids, count, k, bits)
-                    count = k
+        if np.int64(smallest) < bound:
+            count, bound = _collect(sub_distances, sub_size, sub_lo, bound, buffer_distances, buffer_ids, count, k, bits)
     return count, bound
 
 
