@@ -266,7 +266,27 @@ class TripletRankingLoss(keras.losses.Loss):
 # --- methods ------------------------------------------------------------------------
 
 
-class CodewordRegression:
+class HashingMethod:
+    """What every method shares: the latent layer is the model's output, no extra metrics.
+
+    A method overrides `loss()` and `targets(labels)`, and where it differs,
+    `training_model(encoder)` (a head), `metrics()`, `summary()` (facts for
+    `metrics.json`) and `batch_classes` (whether it needs P x K batches).
+    """
+
+    batch_classes = False
+
+    def training_model(self, encoder):
+        return encoder
+
+    def metrics(self):
+        return []
+
+    def summary(self):
+        return {}
+
+
+class CodewordRegression(HashingMethod):
     """`dbr`: mean squared error between the latent layer and the class's codeword.
 
     Args:
@@ -277,20 +297,13 @@ class CodewordRegression:
     """
 
     name = "dbr"
-    batch_classes = False
 
     def __init__(self, num_classes, bits, code_type="origin"):
         self.code_type = code_type
         self.codewords = codewords.class_codewords(num_classes, bits, code_type)
 
-    def training_model(self, encoder):
-        return encoder
-
     def loss(self):
         return keras.losses.MeanSquaredError()
-
-    def metrics(self):
-        return []
 
     def targets(self, labels):
         """Codeword rows `[n, bits]` (float32) for integer labels `[n]`."""
@@ -321,7 +334,7 @@ class HadamardRegression(CodewordRegression):
         return {"codeword_min_distance": codewords.min_distance(self.codewords)}
 
 
-class ClassifierHead:
+class ClassifierHead(HashingMethod):
     """`dlbhc`: a softmax classifier on the latent layer, trained with cross-entropy.
 
     Args:
@@ -330,7 +343,6 @@ class ClassifierHead:
     """
 
     name = "dlbhc"
-    batch_classes = False
 
     def __init__(self, num_classes, bits):
         del bits
@@ -351,11 +363,8 @@ class ClassifierHead:
     def targets(self, labels):
         return single_labels(labels, self.num_classes, self.name)
 
-    def summary(self):
-        return {}
 
-
-class PairwiseLikelihood:
+class PairwiseLikelihood(HashingMethod):
     """`dhn`: the latent layer trained with `PairwiseLikelihoodLoss` on ordinary shuffled batches.
 
     Args:
@@ -365,7 +374,6 @@ class PairwiseLikelihood:
     """
 
     name = "dhn"
-    batch_classes = False
 
     def __init__(self, num_classes, bits, quantization_weight=DEFAULT_QUANTIZATION_WEIGHT):
         del bits
@@ -373,14 +381,8 @@ class PairwiseLikelihood:
         self.quantization_weight = float(quantization_weight)
         self.loss()  # checks the weight now, not at compile time
 
-    def training_model(self, encoder):
-        return encoder
-
     def loss(self):
         return PairwiseLikelihoodLoss(self.quantization_weight)
-
-    def metrics(self):
-        return []
 
     def targets(self, labels):
         return similarity_labels(labels, self.num_classes)
@@ -389,7 +391,7 @@ class PairwiseLikelihood:
         return {"lambda": self.quantization_weight}
 
 
-class TripletRanking:
+class TripletRanking(HashingMethod):
     """`dnnh`: the latent layer trained with `TripletRankingLoss` on batches of P classes x K images.
 
     `batch_classes = True` asks the training loop for class-balanced batches
@@ -409,14 +411,8 @@ class TripletRanking:
         self.margin = float(bits * DEFAULT_MARGIN_PER_BIT if margin is None else margin)
         self.loss()  # checks the margin now, not at compile time
 
-    def training_model(self, encoder):
-        return encoder
-
     def loss(self):
         return TripletRankingLoss(self.margin)
-
-    def metrics(self):
-        return []
 
     def targets(self, labels):
         return similarity_labels(labels, self.num_classes)
