@@ -655,10 +655,6 @@ def _listing(files, dirs):
     return _Listing(frozenset(files), frozenset(folders))
 
 
-def _is_hidden(relative_path):
-    return any(part.startswith(".") or part == "__MACOSX" for part in relative_path.split("/"))
-
-
 def _open_source(data_dir):
     path = Path(data_dir).expanduser()
     if not path.exists():
@@ -690,7 +686,7 @@ class _FolderSource:
             with os.scandir(self.path / relative) as entries:
                 for entry in entries:
                     name = posixpath.join(relative, entry.name)
-                    if _is_hidden(entry.name):
+                    if is_hidden(entry.name):
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         dirs.add(name)
@@ -747,7 +743,7 @@ class _ArchiveSource:
             with tarfile.open(self.path, mode="r|*") as archive:
                 for member in archive:
                     name = posixpath.normpath(member.name).lstrip("/")
-                    if _is_hidden(name):
+                    if is_hidden(name):
                         continue
                     wanted_file = member.isfile() and name in wanted
                     yield name, member, archive.extractfile(member).read() if wanted_file else None
@@ -1032,6 +1028,24 @@ def _decode_known_image(spec, file, payload):
 
 def _own_spec(image_size):
     return _DatasetSpec((image_size, image_size), "RGB", (), (IMAGE_FOLDERS, CLASS_FOLDERS), own_images=True)
+
+
+def decode_image(path, size):
+    """One image file, any size and mode, as uint8 RGB `(size, size, 3)` (shorter side resized, centre
+    crop), or a string saying why it cannot be used. The decoding `folder:` and `list:` data use."""
+    return _decode_own_image(size, str(path), Path(path))
+
+
+def decode_images(paths, size):
+    """Yields `(path, decode_image(path, size))` for each path, in order, decoded on `DECODE_THREADS` threads."""
+    jobs = ((None, path, Path(path)) for path in paths)
+    for _, path, result in _decode_jobs(jobs, functools.partial(_decode_own_image, size)):
+        yield path, result
+
+
+def is_hidden(relative_path):
+    """Whether a POSIX path relative to a data root lies in a hidden folder or file (or `__MACOSX`)."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative_path.split("/"))
 
 
 def _decode_own_image(size, name, payload):

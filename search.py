@@ -149,7 +149,7 @@ def _image_files(folder):
     files = sorted(
         path.relative_to(root).as_posix()
         for path in root.rglob("*")
-        if path.is_file() and path.suffix.lower() in data.IMAGE_SUFFIXES and not data._is_hidden(path.relative_to(root).as_posix())
+        if path.is_file() and path.suffix.lower() in data.IMAGE_SUFFIXES and not data.is_hidden(path.relative_to(root).as_posix())
     )
     if not files:
         raise UsageError(f"--images: no image files ({', '.join(data.IMAGE_SUFFIXES)}) under {folder}")
@@ -161,8 +161,8 @@ def _folder_items(folder, files, size, channels, folder_labels):
     root = Path(folder).resolve()
     decoded, ids = [], []
     skipped = []
-    jobs = ((None, name, root / name) for name in files)
-    for _, name, result in data._decode_jobs(jobs, lambda name, path: data._decode_own_image(size, name, path)):
+    for path, result in data.decode_images([root / name for name in files], size):
+        name = path.relative_to(root).as_posix()
         if isinstance(result, str):
             skipped.append(f"{name}: {result}")
             continue
@@ -285,7 +285,7 @@ def query(args):
     for image in args.images:
         if not Path(image).is_file():
             raise UsageError(f"query image {image}: no such file")
-        reason = data._decode_own_image(data.MIN_IMAGE_SIZE, image, Path(image))
+        reason = data.decode_image(image, data.MIN_IMAGE_SIZE)
         if isinstance(reason, str):
             raise UsageError(f"query image {image}: {reason}")
     if args.model is not None:
@@ -316,7 +316,7 @@ def query(args):
         query_images = None
     else:
         size, channels = _input_size(encoder), _channels(encoder)
-        query_images = np.stack([_as_channels(data._decode_own_image(size, image, Path(image)), channels) for image in args.images])
+        query_images = np.stack([_as_channels(data.decode_image(image, size), channels) for image in args.images])
         query_codes, query_features = _encode_queries(encoder, features_model if args.rerank is not None else None, query_images)
         query_names = list(args.images)
 
@@ -450,7 +450,7 @@ def _item_images(index, positions):
         return images
     root = Path(index.attrs.get("root", "."))
     blank = np.full((GRID_IMAGE_SIZE, GRID_IMAGE_SIZE, 3), 128, np.uint8)  # an image since moved or deleted
-    decoded = [data._decode_own_image(GRID_IMAGE_SIZE, item, root / item) for item in ids]
+    decoded = [data.decode_image(root / item, GRID_IMAGE_SIZE) for item in ids]
     return [blank if isinstance(image, str) else image for image in decoded]
 
 
