@@ -340,13 +340,18 @@ class ClassifierHead(HashingMethod):
     Args:
         num_classes: number of classes.
         bits: code length (unused: the latent layer already has it).
+        label_smoothing: share of each target's probability spread evenly over
+            all classes, in [0, 1). Defaults to 0.
     """
 
     name = "dlbhc"
 
-    def __init__(self, num_classes, bits):
+    def __init__(self, num_classes, bits, label_smoothing=0.0):
         del bits
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing}")
         self.num_classes = num_classes
+        self.label_smoothing = float(label_smoothing)
 
     def training_model(self, encoder):
         probabilities = keras.layers.Dense(
@@ -355,13 +360,19 @@ class ClassifierHead(HashingMethod):
         return keras.Model(encoder.inputs, probabilities, name="dlbhc")
 
     def loss(self):
-        return keras.losses.SparseCategoricalCrossentropy()
+        # One-hot targets: Keras's sparse cross-entropy has no label smoothing.
+        return keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing)
 
     def metrics(self):
-        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        return [keras.metrics.CategoricalAccuracy(name="accuracy")]
 
     def targets(self, labels):
-        return single_labels(labels, self.num_classes, self.name)
+        """One-hot rows `[n, num_classes]` (float32) for integer labels `[n]`."""
+        labels = single_labels(labels, self.num_classes, self.name)
+        return np.eye(self.num_classes, dtype="float32")[labels]
+
+    def summary(self):
+        return {"label_smoothing": self.label_smoothing}
 
 
 class PairwiseLikelihood(HashingMethod):
@@ -429,10 +440,10 @@ METHODS = {
     "hadamard": HadamardRegression,
 }
 # Each method-specific option of `make_method` and the one method it applies to.
-METHOD_OPTIONS = {"code_type": "dbr", "quantization_weight": "dhn", "margin": "dnnh"}
+METHOD_OPTIONS = {"code_type": "dbr", "quantization_weight": "dhn", "margin": "dnnh", "label_smoothing": "dlbhc"}
 
 
-def make_method(name, num_classes, bits, code_type=None, *, quantization_weight=None, margin=None):
+def make_method(name, num_classes, bits, code_type=None, *, quantization_weight=None, margin=None, label_smoothing=None):
     """Instantiates the method registered as `name`.
 
     Args:
@@ -442,6 +453,8 @@ def make_method(name, num_classes, bits, code_type=None, *, quantization_weight=
         code_type: codeword family for `dbr`. Defaults to `None` (`"origin"`).
         quantization_weight: lambda of `dhn`. Defaults to `None` (1.0).
         margin: triplet margin of `dnnh`. Defaults to `None` (`bits / 4`).
+        label_smoothing: label smoothing of `dlbhc`'s cross-entropy. Defaults
+            to `None` (0).
         Each option must stay `None` for the other methods.
 
     Returns:
@@ -457,7 +470,7 @@ def make_method(name, num_classes, bits, code_type=None, *, quantization_weight=
     """
     if name not in METHODS:
         raise ValueError(f"`method` must be one of {tuple(METHODS)}. Received: method={name!r}")
-    options = {"code_type": code_type, "quantization_weight": quantization_weight, "margin": margin}
+    options = {"code_type": code_type, "quantization_weight": quantization_weight, "margin": margin, "label_smoothing": label_smoothing}
     given = {option: value for option, value in options.items() if value is not None}
     for option in given:
         if METHOD_OPTIONS[option] != name:

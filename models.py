@@ -7,13 +7,13 @@ is 1 where the latent activation is above `BIT_THRESHOLD`.
 Trained from scratch (any channel count; pixels scaled to [0, 1] inside):
 
 - `dbr`: the DeepBinaryRepre CNN (Lu et al. 2017), layer for layer.
-- `resnet`: a small residual CNN (batch norm, three stages), stronger and slower.
+- `resnet`: a small residual CNN (batch norm, three stages), stronger and slower;
+  `width` sets its first stage's channels (the others double).
 
 `keras.applications` backbones (`APPLICATIONS`: `resnet50`, `mobilenetv2`,
 `efficientnetb0`, `vgg16`), optionally with ImageNet weights, as DLBHC
 fine-tuned an ImageNet network. Inside the model, in this order: grey images
-are repeated to 3 channels, colour images are randomly mirrored (training
-only), every image is resized to the backbone's square input (`Resizing`, 224
+are repeated to 3 channels, every image is resized to the backbone's square input (`Resizing`, 224
 by default, `input_size` to change it), the backbone's own `preprocess_input`
 is applied as built-in layers, then the backbone (layer `BACKBONE_LAYER`,
 without its classifier), global average pooling and the latent layer. So the
@@ -41,10 +41,21 @@ LATENT_LAYER = "latent"
 BACKBONE_LAYER = "backbone"
 BIT_THRESHOLD = 0.5
 EXTRA_LAYER_UNITS = 512
-RESNET_WIDTHS = (32, 64, 128)
+# Channels of the residual CNN's first stage; each later stage doubles them.
+RESNET_WIDTH = 32
+RESNET_STAGES = 3
+# Training-time augmentation inside the model, so it runs on the accelerator within the
+# compiled step: "flip" mirrors colour images left-right (digits are never mirrored),
+# "crop-flip" also shifts every image by up to `CROP_PADDING_FRACTION` of its side.
+AUGMENTATIONS = ("none", "flip", "crop-flip")
+DEFAULT_AUGMENTATION = {"dbr": "none"}  # the original CNN trained on plain images; the rest: "flip"
+CROP_PADDING_FRACTION = 1 / 8  # 4 pixels on CIFAR-10's 32, the usual CIFAR padding
 # PyTorch's default. Keras's 0.99 averages over ~100 steps of fast-changing
 # weights, which left a 5-epoch classroom run predicting one class at inference.
 BATCH_NORM_MOMENTUM = 0.9
+# Set by devices.py while TensorFlow builds a model mirrored over several replicas: batch
+# norm then averages its statistics over the global batch, not each replica's share.
+synchronized_batch_norm = False
 
 
 class Application(NamedTuple):
@@ -81,7 +92,8 @@ class WeightsError(Exception):
     """Pretrained weights that cannot be had: no download (offline), or a file that does not fit."""
 
 
-def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, input_size=None, freeze_backbone=False):
+def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, input_size=None, freeze_backbone=False,
+                  augment=None, width=None):
     """Builds the encoder `pixels -> latent` for one architecture.
 
     Args:
@@ -102,6 +114,11 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
         freeze_backbone: backbones only: make the backbone untrainable; its
             batch norm and dropout then run in inference mode. Defaults to
             `False`.
+        augment: training-time augmentation, one of `AUGMENTATIONS`; active
+            only in training (`fit`), never when encoding. Defaults to `None`:
+            `DEFAULT_AUGMENTATION` for `arch`, else `"flip"`.
+        width: `resnet` only: channels of its first stage, positive. Defaults
+            to `None` (`RESNET_WIDTH`).
 
     Returns:
         A `keras.Model` mapping `[batch, *input_shape]` pixels in 0..255 to
@@ -114,9 +131,12 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
     """
     if arch not in ARCHS:
         raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={arch!r}")
+    if width is not None and arch != "resnet":
+        raise ValueError(f"`width` applies to arch='resnet' only. Received: arch={arch!r}, width={width!r}")
     inputs = keras.Input(shape=input_shape, name="pixels")
+    x = _augmentation(inputs, DEFAULT_AUGMENTATION.get(arch, "flip") if augment is None else augment)
     if arch in APPLICATIONS:
-        x = _application_trunk(inputs, arch, weights, input_size, freeze_backbone)
+        x = _application_trunk(x, arch, weights, input_size, freeze_backbone)
     else:
         for name, value, default in (("weights", weights, None), ("input_size", input_size, None), ("freeze_backbone", freeze_backbone, False)):
             if value != default:
@@ -124,8 +144,8 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
                     f"`{name}` applies to the keras.applications archs {tuple(APPLICATIONS)} only, "
                     f"not to arch={arch!r}, which trains from scratch. Received: {name}={value!r}"
                 )
-        x = layers.Rescaling(1.0 / 255, name="scale_to_unit")(inputs)
-        x = _dbr_trunk(x) if arch == "dbr" else _resnet_trunk(x, flip=input_shape[-1] == 3)
+        x = layers.Rescaling(1.0 / 255, name="scale_to_unit")(x)
+        x = _dbr_trunk(x) if arch == "dbr" else _resnet_trunk(x, RESNET_WIDTH if width is None else width)
     if extra_layer:
         x = layers.Dense(EXTRA_LAYER_UNITS, activation="relu", name="extra_dense")(x)
     # float32 so the codes stay exact under mixed precision.
@@ -136,6 +156,23 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
 def encoder_of(model):
     """The sub-model of a training model that maps pixels to the latent layer."""
     return keras.Model(model.inputs, model.get_layer(LATENT_LAYER).output, name="encoder")
+
+
+def predict(model, images, batch_size):
+    """`model.predict` without a progress bar: the model's outputs for `images`."""
+    return model.predict(images, batch_size=batch_size, verbose=0)
+
+
+def predict_with_flips(model, images, batch_size):
+    """Flip test-time augmentation: the mean of the outputs for each image and for its mirror image.
+
+    For colour images, whose mirror images belong to the same class; the mean
+    latent activation is binarised as usual.
+    """
+    mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
+    return keras.tree.map_structure(
+        lambda plain, flipped: (plain + flipped) / 2, predict(model, images, batch_size), predict(model, mirrored, batch_size)
+    )
 
 
 def in_backbone(variable_path):
@@ -155,16 +192,30 @@ def _dbr_trunk(x):
     return layers.Dropout(0.5, name="dropout_dense")(x)
 
 
-def _resnet_trunk(x, flip):
-    """A small residual CNN: per stage a conv, a 2x2 pool and one residual block of two convs.
+def _augmentation(inputs, augment):
+    """Applies `augment` (one of `AUGMENTATIONS`) to raw pixels; identity outside training.
 
-    Random horizontal flips (training only) are built in for colour images, where
-    mirror images belong to the same class; digits are not flipped.
+    Mirroring applies to colour images only, where a mirror image belongs to the
+    same class; digits and other grey images are only shifted.
     """
-    if flip:
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"`augment` must be one of {AUGMENTATIONS}. Received: augment={augment!r}")
+    x = inputs
+    if augment == "crop-flip":
+        padding = max(1, round(min(inputs.shape[1:3]) * CROP_PADDING_FRACTION))
+        x = RandomShift(padding, name="random_shift")(x)
+    if augment != "none" and inputs.shape[-1] == 3:
         x = layers.RandomFlip("horizontal", name="random_flip")(x)
-    x = _conv_bn_relu(x, RESNET_WIDTHS[0], "stem")
-    for stage, filters in enumerate(RESNET_WIDTHS, start=1):
+    return x
+
+
+def _resnet_trunk(x, width):
+    """A small residual CNN: per stage a conv, a 2x2 pool and one residual block of two convs."""
+    if not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
+    widths = [width * 2**stage for stage in range(RESNET_STAGES)]
+    x = _conv_bn_relu(x, widths[0], "stem")
+    for stage, filters in enumerate(widths, start=1):
         x = _conv_bn_relu(x, filters, f"stage{stage}_conv")
         x = layers.MaxPooling2D(2, padding="same", name=f"stage{stage}_pool")(x)
         shortcut = x
@@ -176,7 +227,7 @@ def _resnet_trunk(x, flip):
 
 def _conv_bn_relu(x, filters, name):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, synchronized=synchronized_batch_norm, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -210,7 +261,7 @@ def backbone_preprocessing(arch):
 
 
 def _application_trunk(inputs, arch, weights, input_size, freeze_backbone):
-    """Grey to RGB, random mirroring, resizing, preprocessing, the backbone and global average pooling."""
+    """Grey to RGB, resizing, preprocessing, the backbone and global average pooling."""
     application = APPLICATIONS[arch]
     input_size = application.input_size if input_size is None else input_size
     if not (isinstance(input_size, int) and input_size >= MIN_INPUT_SIZE):
@@ -223,8 +274,6 @@ def _application_trunk(inputs, arch, weights, input_size, freeze_backbone):
     x = inputs
     if channels == 1:
         x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
-    else:
-        x = layers.RandomFlip("horizontal", name="random_flip")(x)
     x = layers.Resizing(input_size, input_size, name="resize")(x)
     for layer in backbone_preprocessing(arch):
         x = layer(x)
@@ -328,3 +377,54 @@ class Backbone(layers.Layer):
         with keras.name_scope(config["name"]):
             network = keras.saving.deserialize_keras_object(config.pop("network"))
         return cls(network, **config)
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class RandomShift(layers.Layer):
+    """Random crop with padding: shifts each image by up to `padding` pixels each way (training only).
+
+    The image is reflect-padded by `padding` on every side and a window of its
+    own size is cut at a random offset, per image, with two gathers
+    (`ops.take_along_axis`). Unlike `keras.layers.RandomCrop`, which marks
+    itself unfit for XLA and so turns `jit_compile` off for the whole model,
+    every op here compiles, so the shift runs on the accelerator inside the
+    compiled training step. Outside training it returns its input.
+
+    Args:
+        padding: largest shift in pixels, positive.
+        seed: seed of the shifts. Defaults to `None`.
+        **kwargs: `keras.layers.Layer` arguments, e.g. `name`.
+
+    Example:
+
+    >>> images = np.arange(16, dtype="float32").reshape(1, 4, 4, 1)
+    >>> shifted = RandomShift(1, seed=0)(images, training=True)
+    >>> tuple(shifted.shape)
+    (1, 4, 4, 1)
+    """
+
+    def __init__(self, padding, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not (isinstance(padding, int) and padding >= 1):
+            raise ValueError(f"`padding` must be a positive integer. Received: padding={padding!r}")
+        self.padding = padding
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        height, width = images.shape[1], images.shape[2]
+        pad = self.padding
+        padded = ops.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
+        offsets = keras.random.randint((ops.shape(images)[0], 2), 0, 2 * pad + 1, dtype="int32", seed=self.seed_generator)
+        rows = offsets[:, :1] + ops.arange(height, dtype="int32")[None, :]
+        columns = offsets[:, 1:] + ops.arange(width, dtype="int32")[None, :]
+        shifted = ops.take_along_axis(padded, rows[:, :, None, None], axis=1)
+        return ops.take_along_axis(shifted, columns[:, None, :, None], axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding, "seed": self.seed}
