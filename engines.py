@@ -21,9 +21,10 @@ Engines (`ENGINES`):
 - `exact` (default): brute force compiled with numba. Each thread takes a block of queries and
   streams the database in chunks that stay in cache while every query of the block scans them.
   Each query has an admission bound, first guessed from a database sample (a guess too low is
-  detected and the query scanned again without it). One vectorised loop takes XOR, popcount and
-  the minimum over 64 codes; only when that minimum is under the bound are those codes looked at
-  one by one, and the ones under it go to a small candidate buffer. When the buffer fills, a
+  detected and the query scanned again without it). XOR, popcount and the minimum over 64 codes
+  come from a few vector instructions (explicit 512-bit vectors for codes of one word); only when
+  that minimum is under the bound is a 64-bit mask of the codes under it made, and just those
+  codes go to a small candidate buffer. When the buffer fills, a
   histogram of its distances (there are only `bits + 1` of them) gives the threshold distance that
   keeps exactly `k`, ties to the lower id, and the bound drops to it. The final `k` are ordered
   by a counting sort. No general sort runs anywhere, and nothing of size `ntotal` is stored per

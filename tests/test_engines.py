@@ -1,12 +1,19 @@
 """Tests for engines.py: exact engines identical to a NumPy reference, range search, bad input,
 and the approximate engines' shapes and recall."""
 
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from engines import ENGINES, MISSING_ID, make_engine
 from evaluate import pack_bits
 
+REPO = Path(__file__).resolve().parents[1]
 CODE_LENGTHS = [8, 12, 48, 64, 65]
 EXACT_ENGINES = ["exact", "faiss", "backend"]
 
@@ -200,3 +207,41 @@ def test_exact_low_guess_falls_back_to_a_full_scan():
     expected_distances, expected_ids = reference_search(query_bits, db_bits, 4000)
     np.testing.assert_array_equal(distances, expected_distances)
     np.testing.assert_array_equal(ids, expected_ids)
+
+
+# CPUs without AVX-512 (numba's target, as `NUMBA_CPU_NAME` and `NUMBA_CPU_FEATURES` set it): the
+# one-word scan's explicit 512-bit vectors must be split into AVX2 or SSE2 registers correctly.
+OLDER_CPUS = {
+    "haswell (AVX2)": ("haswell", "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,"
+                       "+lzcnt,+mmx,+movbe,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave"),
+    "x86-64 (SSE2, no POPCNT)": ("x86-64", "+64bit,+cmov,+cx8,+fxsr,+mmx,+sse,+sse2"),
+}
+
+OLDER_CPU_SCRIPT = """
+import numpy as np
+from engines import make_engine
+from evaluate import pack_bits
+rng = np.random.default_rng(5)
+db_bits = rng.integers(0, 2, size=(20000, 64), dtype=np.uint8)
+db_bits[:, 12:] = 0  # few free bits: many ties and many selections
+query_bits = rng.integers(0, 2, size=(8, 64), dtype=np.uint8)
+query_bits[:, 12:] = 0
+distances, ids = make_engine("exact", pack_bits(db_bits), 64).search(pack_bits(query_bits), 300)
+reference = (query_bits[:, None, :] != db_bits[None, :, :]).sum(axis=-1)
+order = np.argsort(reference, axis=1, kind="stable")[:, :300]
+assert np.array_equal(ids, order), "ids differ"
+assert np.array_equal(distances, np.take_along_axis(reference, order, 1)), "distances differ"
+print("identical")
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 CPU targets")
+@pytest.mark.parametrize("cpu", sorted(OLDER_CPUS))
+def test_exact_kernels_compiled_for_cpus_without_avx512(cpu, tmp_path):
+    name, features = OLDER_CPUS[cpu]
+    env = {**os.environ, "NUMBA_CPU_NAME": name, "NUMBA_CPU_FEATURES": features,
+           "NUMBA_CACHE_DIR": str(tmp_path)}  # a cache of its own: never this machine's code
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", OLDER_CPU_SCRIPT], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "identical" in result.stdout, result.stderr[-2000:]
