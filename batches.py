@@ -1,4 +1,5 @@
-"""Class-balanced batches: P classes x K images each, for losses that need positives and negatives.
+"""Seeded batches for `fit`: P classes x K images each (`ClassBalancedBatches`), and one
+process's share of data-parallel global batches (`ShardedBatches`, see devices.py).
 
 A triplet loss learns nothing from a batch in which no two images share a class
 (no positive) or all do (no negative). `ClassBalancedBatches` feeds `model.fit`
@@ -137,6 +138,62 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         if epoch != self.epoch:
             self.epoch = epoch
             self.plan = self.epoch_plan(epoch)
+
+    def epoch_callback(self):
+        """A Keras callback that calls `set_epoch` at the start of every epoch of `fit`."""
+        return _SetEpoch(self)
+
+
+class ShardedBatches(keras.utils.PyDataset):
+    """One process's share of seeded global batches of `batch_size` images, for data-parallel training on JAX.
+
+    Every process draws the same permutation of the training images per epoch
+    (`numpy.random.default_rng([seed, epoch])`, so a resumed run sees the
+    batches an uninterrupted one would have), cuts it into global batches and
+    keeps the `process_id`-th of `num_processes` equal slices of each, which is
+    the share of the global batch that JAX places on this process's devices.
+    The last, smaller batch is cut to a multiple of `replicas` (each device
+    needs an equal share): at most `replicas - 1` images, different ones every
+    epoch, are left out of an epoch.
+
+    Args:
+        x, y: training inputs and targets, the same arrays in every process.
+        batch_size: the global batch, a multiple of `replicas`.
+        replicas: devices of all processes together.
+        num_processes: processes feeding the devices. Defaults to 1.
+        process_id: which of them this is. Defaults to 0.
+        seed: seed of the shuffles. Defaults to 0.
+    """
+
+    def __init__(self, x, y, batch_size, replicas, num_processes=1, process_id=0, seed=0):
+        super().__init__()
+        if batch_size % replicas or replicas % num_processes:
+            raise ValueError(
+                f"`batch_size` must be a multiple of `replicas`, and `replicas` of `num_processes`. "
+                f"Received: batch_size={batch_size}, replicas={replicas}, num_processes={num_processes}"
+            )
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.num_processes, self.process_id, self.seed = num_processes, process_id, seed
+        last = len(x) % batch_size // replicas * replicas
+        self.sizes = [batch_size] * (len(x) // batch_size) + ([last] if last else [])
+        self.epoch, self.order = 0, self._order(0)
+
+    def _order(self, epoch):
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, index):
+        share = self.sizes[index] // self.num_processes
+        start = index * self.batch_size + self.process_id * share
+        rows = self.order[start : start + share]
+        return self.x[rows], self.y[rows]
+
+    def set_epoch(self, epoch):
+        """Serves the batches of `epoch` from now on."""
+        if epoch != self.epoch:
+            self.epoch, self.order = epoch, self._order(epoch)
 
     def epoch_callback(self):
         """A Keras callback that calls `set_epoch` at the start of every epoch of `fit`."""

@@ -19,11 +19,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 import data
+import devices
 import protocols
+import recipes
 import rundir
 
 # The command-line vocabulary. Each name is checked against the registry that
@@ -41,22 +44,21 @@ CLASS_BATCH_METHODS = ("dnnh",)
 # others need one class per image, so `--dataset list:DIR` is refused for them.
 MULTI_LABEL_METHODS = ("dhn", "dnnh")
 SCHEDULES = ("constant", "cosine")
+AUGMENTATIONS = ("none", "flip", "crop-flip")  # models.AUGMENTATIONS
 OPTIMIZER_NAMES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam"}
 CODE_TYPE_NAMES = {"1": "origin", "origin": "origin", "2": "hamming74", "hamming74": "hamming74"}
 MIN_BITS, MAX_BITS = 8, 256
 DEFAULT_TOP = 1000
+# Training settings (epochs, batch size, optimiser, ...) default to the recipe's (recipes.py).
 DEFAULTS = {
     "bits": 48,
-    "epochs": 20,
     "top": DEFAULT_TOP,
-    "optimizer": "adam",
     "arch": "resnet",
     "method": "dbr",
-    "batch_size": 32,
     "lambda": 1.0,
     "classes_per_batch": 8,
     "images_per_class": 4,
-    "schedule": "cosine",
+    "recipe": recipes.AUTO,
     "seed": 0,
     "dataset": "cifar10",
     "backbone_lr_scale": 0.1,  # with pretrained weights: DLBHC trained its new layers 10x faster
@@ -80,10 +82,10 @@ def build_parser():
     add = parser.add_argument
     add("-l", "--bits", type=int, default=DEFAULTS["bits"], help=f"code length, {MIN_BITS}..{MAX_BITS} (default: %(default)s)")
     add("-q", "--queries", type=int, default=None, help="number of queries drawn (seeded) from the test split (default: all of it)")
-    add("-e", "--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs (default: %(default)s)")
+    add("-e", "--epochs", type=int, default=None, help=f"training epochs (default: the recipe's, {_recipe_defaults('epochs')})")
     add("-s", "--verbose", type=int, choices=(0, 1), default=1, help="0 silent, 1 progress bars and logs (default: %(default)s)")
     add("-t", "--top", default=None, help=f"k of mAP@k and precision@k, or 'all' for the whole database (default: {DEFAULT_TOP}, clipped to the database size)")
-    add("-o", "--optimizer", default=DEFAULTS["optimizer"], help="adadelta or 1 (lr 1.0), sgd or 2 (lr 0.01, Nesterov momentum 0.9), adam (lr 0.001) (default: %(default)s)")
+    add("-o", "--optimizer", default=None, help=f"adadelta or 1 (lr 1.0), sgd or 2 (lr 0.01, Nesterov momentum 0.9), adam (lr 0.001) (default: the recipe's, {_recipe_defaults('optimizer')})")
     add("-a", "--extra-layer", type=int, choices=(1, 2), default=1, help="1 no, 2 yes: a Dense(512)+ReLU block before the latent layer (default: %(default)s)")
     add("-c", "--code-type", default=None, help="target codewords of --method dbr: 1 or origin (12-bit lexicode), 2 or hamming74 (default: origin)")
     add("-n", "--train-size", type=int, default=None, help="seeded class-balanced draw of N training images, used for training and as the database (default: all)")
@@ -98,28 +100,41 @@ def build_parser():
     add("--backbone-lr-scale", type=float, default=None, help=f"keras.applications archs: the backbone's learning rate as a multiple of the rest's, positive (default: {DEFAULTS['backbone_lr_scale']} with pretrained weights, 1 with --weights none)")
     add("--backbone-size", type=int, default=None, help=f"keras.applications archs: side of the square the model resizes every image to before the backbone, at least {MIN_BACKBONE_SIZE} (default: the backbone's own, 224)")
     add("--method", default=DEFAULTS["method"], help=f"training method: {' or '.join(METHODS)} (default: %(default)s)")
-    add("--batch-size", type=int, default=None, help=f"training batch size; not with --method dnnh, whose batches are --classes-per-batch x --images-per-class images (default: {DEFAULTS['batch_size']})")
+    add("--batch-size", type=int, default=None, help=f"training batch size; not with --method dnnh, whose batches are --classes-per-batch x --images-per-class images (default: the recipe's, {_recipe_defaults('batch_size')})")
     add("--lambda", dest="lambda_", type=float, default=None, help=f"--method dhn: weight of the quantisation penalty, 0 or more (default: {DEFAULTS['lambda']})")
     add("--margin", type=float, default=None, help="--method dnnh: triplet margin on the relaxed codes in [-1, 1], positive (default: bits/4)")
     add("--classes-per-batch", type=int, default=None, help=f"--method dnnh: P, distinct classes per batch, 2 or more (default: {DEFAULTS['classes_per_batch']}, or the number of classes if fewer)")
     add("--images-per-class", type=int, default=None, help=f"--method dnnh: K, images of each class per batch, 2 or more (default: {DEFAULTS['images_per_class']})")
-    add("--schedule", default=DEFAULTS["schedule"], help="learning rate schedule: constant, or cosine (5%% linear warm-up, then cosine decay to 0) (default: %(default)s)")
-    add("--lr", type=float, default=None, help="learning rate (default: the optimizer's own, see --optimizer)")
+    add("--schedule", default=None, help=f"learning rate schedule: constant, or cosine (5%% linear warm-up, then cosine decay to 0) (default: the recipe's, {_recipe_defaults('schedule')})")
+    add("--lr", type=float, default=None, help=f"(peak) learning rate (default: the recipe's, {_recipe_defaults('lr')}; none: the optimizer's own, see --optimizer)")
+    add("--recipe", default=DEFAULTS["recipe"], help=f"the defaults of every training setting below it is named in: {', '.join(recipes.RECIPES)}, or auto: fast on a GPU, classic on a CPU; flags given explicitly win; see recipes.py (default: %(default)s)")
+    add("--weight-decay", type=float, default=None, help=f"decoupled weight decay of the optimizer, 0 or more (default: the recipe's, {_recipe_defaults('weight_decay')})")
+    add("--width", type=int, default=None, help=f"--arch resnet: channels of its first stage, each later stage doubles them (default: the recipe's, {_recipe_defaults('width')})")
+    add("--augment", default=None, help=f"training-time augmentation inside the model: none, flip (colour images mirrored), crop-flip (also shifted up to 1/8 of the side) (default: the recipe's, {_recipe_defaults('augment')}; none: flip, none for --arch dbr)")
+    add("--label-smoothing", type=float, default=None, help=f"--method dlbhc: label smoothing of the cross-entropy, in [0, 1) (default: the recipe's, {_recipe_defaults('label_smoothing')})")
+    add("--tta", action=argparse.BooleanOptionalAction, default=None, help=f"encode each colour image as the mean of its own and its mirror image's latent activations (flip test-time augmentation) (default: the recipe's, {_recipe_defaults('tta')})")
     add("--seed", type=int, default=DEFAULTS["seed"], help="seed of the splits, the query draw and training (default: %(default)s)")
     add("--protocol", default=None, help=f"evaluation protocol: {', '.join(protocols.PROTOCOLS)} (default: dlbhc for the named datasets, folder for folder:/list: data); see protocols.py")
     add("--val-size", type=int, default=None, help="hold out N training images (class-balanced) as the queries, leaving the test split untouched: for choosing settings (default: off)")
+    add("--devices", type=int, default=None, help="devices this process trains on, data-parallel: GPUs, or on a machine without one N host devices (TensorFlow logical CPUs, JAX XLA host devices); the global batch stays --batch-size (default: every GPU, 1 on CPU)")
+    add("--coordinator", default=None, help="HOST:PORT of process 0, which every process of a multi-process run (jax backend only) connects to (default: one process)")
+    add("--num-processes", type=int, default=None, help="processes training together, one per machine or per group of devices, jax backend only; needs --coordinator and --process-id (default: 1)")
+    add("--process-id", type=int, default=None, help="this process's rank, 0..--num-processes - 1; only process 0 writes the run folder (default: 0)")
     add("--out", default=None, help="run folder (default: runs/<dataset>-<method>-<bits>b-<timestamp>)")
     add("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     add("--overwrite", action="store_true", help="replace the run in --out")
     return parser
 
 
+def _recipe_defaults(key):
+    """A setting's value in each recipe, for the help text: 'classic 20, fast 40'."""
+    return ", ".join(f"{name} {settings[key]}" for name, settings in recipes.RECIPES.items())
+
+
 def resolve_args(args):
     """Checks the parsed arguments that need no data and no Keras; returns the resolved config dict."""
     if not MIN_BITS <= args.bits <= MAX_BITS:
         raise UsageError(f"--bits must be between {MIN_BITS} and {MAX_BITS}, got {args.bits}")
-    if args.epochs < 0:
-        raise UsageError(f"--epochs must be 0 or more, got {args.epochs}")
     for flag, value in (("--queries", args.queries), ("--train-size", args.train_size), ("--val-size", args.val_size)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
@@ -127,26 +142,31 @@ def resolve_args(args):
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
+    _check_choice("--recipe", args.recipe, recipes.NAMES)
+    _check_training_options(args)
     _check_choice("--arch", args.arch, ARCHS)
     backbone = _resolve_backbone(args)
     _check_choice("--method", args.method, METHODS)
     dataset, own_data = _resolve_dataset(args)
     if args.protocol is not None:
         _check_choice("--protocol", args.protocol, protocols.PROTOCOLS)
-    _check_choice("--optimizer", args.optimizer, tuple(OPTIMIZER_NAMES))
-    _check_choice("--schedule", args.schedule, SCHEDULES)
+    if args.optimizer is not None:
+        _check_choice("--optimizer", args.optimizer, tuple(OPTIMIZER_NAMES))
+    if args.schedule is not None:
+        _check_choice("--schedule", args.schedule, SCHEDULES)
     if args.code_type is not None:
         _check_choice("--code-type", args.code_type, tuple(CODE_TYPE_NAMES))
         if args.method != "dbr":
             raise UsageError(f"--code-type applies to --method dbr only, not --method {args.method}")
     _check_method_options(args)
+    placement = _resolve_devices(args)
     class_batches = args.method in CLASS_BATCH_METHODS
     config = {
         "bits": args.bits,
         "queries": args.queries,
         "epochs": args.epochs,
         "top": _parse_top(args.top),
-        "optimizer": OPTIMIZER_NAMES[args.optimizer],
+        "optimizer": OPTIMIZER_NAMES.get(args.optimizer),  # None: the recipe's, filled by run
         "extra_layer": args.extra_layer == 2,
         "code_type": _resolve_code_type(args),
         "train_size": args.train_size,
@@ -156,19 +176,76 @@ def resolve_args(args):
         "arch": args.arch,
         **backbone,
         "method": args.method,
-        "batch_size": None if class_batches else args.batch_size or DEFAULTS["batch_size"],  # dnnh: P*K, set by run
+        "batch_size": None if class_batches else args.batch_size,  # None: the recipe's; dnnh: P*K; set by run
         "lambda": (DEFAULTS["lambda"] if args.lambda_ is None else args.lambda_) if args.method == "dhn" else None,
         "margin": (args.bits / 4 if args.margin is None else args.margin) if args.method == "dnnh" else None,
         "classes_per_batch": args.classes_per_batch,  # dnnh: None until run knows the number of classes
         "images_per_class": (args.images_per_class or DEFAULTS["images_per_class"]) if class_batches else None,
         "lr": args.lr,
         "schedule": args.schedule,
+        "recipe": args.recipe,  # auto: chosen by run, once Keras knows whether there is a GPU
+        "weight_decay": args.weight_decay,
+        "width": args.width,
+        "augment": args.augment,
+        "label_smoothing": args.label_smoothing,
+        "tta": args.tta,
         "seed": args.seed,
         "val_size": args.val_size,
         "protocol": args.protocol or protocols.default_protocol(args.dataset),
+        **placement,
         "out": str(Path(args.out or _default_out(args))),
     }
     return config
+
+
+def _resolve_devices(args):
+    """The flags of where training runs: counts in range, the processes' flags together, one process on TensorFlow.
+
+    Returns:
+        The config entries `devices` (`None`: every GPU, else one),
+        `coordinator`, `num_processes` and `process_id`.
+    """
+    if args.devices is not None and args.devices < 1:
+        raise UsageError(f"--devices must be at least 1, got {args.devices}")
+    processes = 1 if args.num_processes is None else args.num_processes
+    if processes < 1:
+        raise UsageError(f"--num-processes must be at least 1, got {processes}")
+    if processes == 1 and (args.coordinator or args.process_id):
+        raise UsageError("--coordinator and --process-id apply to multi-process runs only: pass --num-processes too")
+    if processes > 1:
+        backend = devices.configured_backend()
+        if backend not in devices.MULTI_PROCESS_BACKENDS:
+            raise UsageError(
+                f"--num-processes {processes} needs KERAS_BACKEND=jax, not {backend}: Keras 3.15's fit under "
+                f"TensorFlow's MultiWorkerMirroredStrategy is broken (keras-team/keras#20585)"
+            )
+        if not args.coordinator or ":" not in args.coordinator:
+            raise UsageError(f"--num-processes {processes} needs --coordinator HOST:PORT (process 0's address), got {args.coordinator!r}")
+        if args.process_id is None or not 0 <= args.process_id < processes:
+            raise UsageError(f"--process-id must be between 0 and {processes - 1}, got {args.process_id}")
+        if args.method in CLASS_BATCH_METHODS:
+            raise UsageError(f"--method {args.method} cannot train in several processes: its triplets span the whole P x K batch")
+    return {"devices": args.devices, "coordinator": args.coordinator, "num_processes": processes, "process_id": args.process_id or 0}
+
+
+def _check_training_options(args):
+    """The training settings a recipe fills in: each in range, each only where it applies."""
+    if args.epochs is not None and args.epochs < 0:
+        raise UsageError(f"--epochs must be 0 or more, got {args.epochs}")
+    if args.weight_decay is not None and not args.weight_decay >= 0:
+        raise UsageError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
+    if args.width is not None:
+        if args.arch not in recipes.WIDTH_ARCHS:
+            raise UsageError(f"--width applies to --arch {' or '.join(recipes.WIDTH_ARCHS)} only, not --arch {args.arch}")
+        if args.width < 1:
+            raise UsageError(f"--width must be at least 1, got {args.width}")
+    if args.augment is not None:
+        _check_choice("--augment", args.augment, AUGMENTATIONS)
+    if args.label_smoothing is not None:
+        if args.method not in recipes.LABEL_SMOOTHING_METHODS:
+            raise UsageError(f"--label-smoothing applies to --method {' or '.join(recipes.LABEL_SMOOTHING_METHODS)} only, not --method {args.method}")
+        if not 0 <= args.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must be at least 0 and below 1, got {args.label_smoothing}")
 
 
 def _check_method_options(args):
@@ -400,17 +477,12 @@ def run(config, verbose=1, resume=False, callbacks=()):
 
     timings = {}
     started = time.perf_counter()
-    dataset = _load(config)
-    split = select_split(config, dataset)
-    images = (dataset.x_train, dataset.x_test, getattr(dataset, "x_db", None))
-    labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
-    train_x, train_y = split.train.gather(images), split.train.gather(labels)
-    db_x, db_y = split.database.gather(images), split.database.gather(labels)
-    query_x, query_y = split.queries.gather(images), split.queries.gather(labels)
+    split, num_classes, train_x, train_y, db_x, db_y, query_x, query_y = load_arrays(config)
     top, note = resolve_top(config["top"], len(db_y), split.top)
     if note:
         log(note)
-    config = _resolve_class_batches(config, train_y, log)
+    devices.start(config)  # before Keras computes anything: joins the processes, picks the devices
+    config = _resolve_class_batches(_resolve_recipe(config, colour=train_x.shape[-1] == 3), train_y, log)
     timings["data_seconds"] = time.perf_counter() - started
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
@@ -423,13 +495,12 @@ def run(config, verbose=1, resume=False, callbacks=()):
 
     keras.utils.set_random_seed(config["seed"])
     precision_policy = train.use_mixed_precision_on_gpu()
-    num_classes = len(dataset.class_names)
     method = _make_method(config, num_classes)
     model, trained_epochs, timings["train_seconds"] = _trained_model(config, method, train_x, train_y, out, verbose, callbacks)
 
     started = time.perf_counter()
-    db_latent, query_latent, query_accuracy = _encode(model, db_x, query_x, query_y)
-    db_bits, query_bits = _binarise(db_latent), _binarise(query_latent)
+    db_latent, query_latent, query_accuracy = encode(scoring_model(model), db_x, query_x, query_y, tta=config.get("tta", False))
+    db_bits, query_bits = binarise(db_latent), binarise(query_latent)
     timings["encode_seconds"] = time.perf_counter() - started
     _save_codes(out / rundir.CODES_FILE, db_bits, query_bits, db_y, query_y, split)
 
@@ -468,8 +539,11 @@ def run(config, verbose=1, resume=False, callbacks=()):
         "num_database": len(db_y),
         "epochs_trained": trained_epochs,
         **({"query_accuracy": query_accuracy} if query_accuracy is not None else {}),
+        "recipe": config.get("recipe"),
+        "jit_compile": model.jit_compile,
         "precision_policy": precision_policy,
         "device": train.device_description(),
+        "placement": devices.placement().describe(),
         **rundir.provenance(),
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
     }
@@ -482,6 +556,29 @@ def run(config, verbose=1, resume=False, callbacks=()):
         f"results in {out}"
     )
     return metrics
+
+
+class Arrays(NamedTuple):
+    """A run's split, its number of classes, and the images and labels of its three roles."""
+
+    split: protocols.Split
+    num_classes: int
+    train_x: np.ndarray
+    train_y: np.ndarray
+    db_x: np.ndarray
+    db_y: np.ndarray
+    query_x: np.ndarray
+    query_y: np.ndarray
+
+
+def load_arrays(config):
+    """Loads the config's dataset and gathers its training, database and query images and labels."""
+    dataset = _load(config)
+    split = select_split(config, dataset)
+    images = (dataset.x_train, dataset.x_test, getattr(dataset, "x_db", None))
+    labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
+    roles = (items.gather(source) for items in (split.train, split.database, split.queries) for source in (images, labels))
+    return Arrays(split, len(dataset.class_names), *roles)
 
 
 def _load(config):
@@ -502,6 +599,16 @@ def _overrides(config):
     """Says which of the protocol's defaults the user's flags replaced, for the printed result."""
     flags = [flag for flag, key in (("-q", "queries"), ("-t", "top"), ("-n", "train_size"), ("--val-size", "val_size")) if config[key] is not None]
     return f" with {', '.join(flags)} overriding its defaults" if flags else ""
+
+
+def _resolve_recipe(config, colour):
+    """Fills the training settings the flags left unset from the run's recipe (`auto`: fast on a GPU)."""
+    if config.get("tta") and not colour:
+        raise UsageError("--tta averages each image with its mirror image: it applies to colour images only")
+    import train  # imports Keras: only now, once the arguments and the data are known to be good
+
+    recipe = recipes.choose(config.get("recipe") or recipes.CLASSIC, gpu=train.gpu_count() > 0)
+    return recipes.fill(config, recipe, colour)
 
 
 def _resolve_class_batches(config, train_y, log):
@@ -529,6 +636,7 @@ def _make_method(config, num_classes):
         return methods.make_method(
             config["method"], num_classes, config["bits"], config["code_type"],
             quantization_weight=config.get("lambda"), margin=config.get("margin"),
+            label_smoothing=config.get("label_smoothing"),
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -549,20 +657,23 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
     if model_path.is_file():
         return keras.saving.load_model(model_path), config["epochs"], 0.0
     targets = method.targets(y)
+    placement = devices.placement()
     if method.batch_classes:
         import batches
 
+        placement.check_class_batches()
+        placement.check_batch(config["batch_size"], "--classes-per-batch x --images-per-class")
         inputs = batches.ClassBalancedBatches(x, targets, y, config["classes_per_batch"], config["images_per_class"], seed=config["seed"])
         fit_data, steps_per_epoch = {"x": inputs}, len(inputs)
     else:
-        fit_data = {"x": x, "y": targets, "batch_size": config["batch_size"]}
-        steps_per_epoch = _steps_per_epoch(len(y), config["batch_size"])
-    with train.distribution_scope():
+        fit_data, steps_per_epoch = placement.fit_data(x, targets, config["batch_size"], config["seed"])
+    with placement.scope():
         try:
             encoder = models.build_encoder(
                 config["arch"], x.shape[1:], config["bits"], config["extra_layer"],
                 weights=None if config.get("weights", "none") == "none" else config["weights"],
                 input_size=config.get("backbone_size"), freeze_backbone=config.get("freeze_backbone", False),
+                augment=config.get("augment"), width=config.get("width"),
             )
         except models.WeightsError as error:
             raise UsageError(str(error)) from None
@@ -570,45 +681,61 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         model.compile(
             optimizer=train.make_optimizer(
                 config["optimizer"], config["lr"], config["schedule"], backbone_lr_scale=config.get("backbone_lr_scale"),
-                total_steps=max(1, config["epochs"] * steps_per_epoch)
+                total_steps=max(1, config["epochs"] * steps_per_epoch), weight_decay=config.get("weight_decay"),
             ),
             loss=method.loss(),
             metrics=method.metrics(),
         )
-    start_epoch = train.resumed_epoch(backup_dir)
-    if start_epoch and verbose:
-        print(f"resuming from epoch {start_epoch} of {config['epochs']}")
-    started = time.perf_counter()
-    train.fit_resumable(model, **fit_data, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks)
-    seconds = time.perf_counter() - started
+        if verbose and train.gpu_count() and not model.jit_compile:
+            print("warning: XLA compilation is off (a layer of this model does not support jit_compile): training will be slow")
+        start_epoch = train.resumed_epoch(backup_dir)
+        if start_epoch and verbose:
+            print(f"resuming from epoch {start_epoch} of {config['epochs']}")
+        started = time.perf_counter()
+        train.fit_resumable(model, **fit_data, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks)
+        seconds = time.perf_counter() - started
     with rundir.atomic_path(model_path) as temporary:
         model.save(temporary)
     rundir.remove_backup(out)
-    return model, config["epochs"], seconds
+    return placement.local_model(model, model_path), config["epochs"], seconds
 
 
-def _steps_per_epoch(num_examples, batch_size):
-    return -(-num_examples // batch_size)
-
-
-def _encode(model, db_x, query_x, query_y):
-    """Latent activations of database and queries, plus the query accuracy when the model classifies."""
+def scoring_model(model):
+    """A model (sharing `model`'s weights) whose outputs are the latent layer, then the classifier's, if any."""
     import keras
 
     import models
 
     latent = model.get_layer(models.LATENT_LAYER).output
     has_classifier = latent is not model.outputs[0]
-    encoder = keras.Model(model.inputs, [latent, model.outputs[0]] if has_classifier else latent)
-    db_out = encoder.predict(db_x, batch_size=ENCODE_BATCH_SIZE, verbose=0)
-    query_out = encoder.predict(query_x, batch_size=ENCODE_BATCH_SIZE, verbose=0)
-    if not has_classifier:
+    return keras.Model(model.inputs, [latent, model.outputs[0]] if has_classifier else [latent])
+
+
+def encode(scorer, db_x, query_x, query_y, tta=False):
+    """Latent activations of database and queries, plus the query accuracy when the model classifies.
+
+    Args:
+        scorer: a `scoring_model`.
+        db_x, query_x: database and query images.
+        query_y: the queries' labels, for the accuracy.
+        tta: make each image's outputs the mean of its own and its mirror
+            image's. Defaults to `False`.
+
+    Returns:
+        `(db_latent, query_latent, accuracy)`, `accuracy` `None` without a classifier.
+    """
+    import models
+
+    predict = models.predict_with_flips if tta else models.predict
+    db_out = predict(scorer, db_x, ENCODE_BATCH_SIZE)
+    query_out = predict(scorer, query_x, ENCODE_BATCH_SIZE)
+    if len(scorer.outputs) == 1:
         return db_out, query_out, None
     accuracy = float(np.mean(np.argmax(query_out[1], axis=1) == query_y))
     return db_out[0], query_out[0], accuracy
 
 
-def _binarise(latent):
+def binarise(latent):
     import models
 
     return (np.asarray(latent) > models.BIT_THRESHOLD).astype(np.uint8)
@@ -656,7 +783,10 @@ def _resumed_config(args):
     if args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pick one")
     rundir.check_out_dir(args.out, resume=True)
-    return rundir.read_json(Path(args.out) / rundir.CONFIG_FILE)
+    config = rundir.read_json(Path(args.out) / rundir.CONFIG_FILE)
+    if config.get("num_processes", 1) > 1:
+        raise UsageError(f"--resume: {args.out} was trained by {config['num_processes']} processes, which cannot be resumed; start it again")
+    return config
 
 
 def main(argv=None):
@@ -667,14 +797,14 @@ def main(argv=None):
         if args.resume:
             config = _resumed_config(args)
         else:
-            config = resolve_args(args)
+            config = devices.worker_config(resolve_args(args))  # process > 0: a private temporary run folder
             rundir.check_out_dir(config["out"], overwrite=args.overwrite)
             if config["data_dir"]:
                 data.check_data_dir(config["data_dir"])
             elif data.parse_dataset_name(config["dataset"])[0]:
                 data.check_dataset(config["dataset"], test_fraction=config["test_fraction"], image_root=config["image_root"])
         run(config, verbose=args.verbose, resume=args.resume)
-    except (UsageError, rundir.RunDirError, data.DataError) as error:
+    except (UsageError, rundir.RunDirError, data.DataError, devices.DeviceError) as error:
         parser.error(str(error))
     return 0
 

@@ -1,16 +1,14 @@
-"""Training: optimisers, precision and device placement, and the resumable `fit`.
+"""Training: optimisers, precision, and the resumable `fit`.
 
 One path trains every method: `fit_resumable` runs `model.fit` with Keras's
 `BackupAndRestore` callback, which saves the weights and the epoch number into
 the run folder after every epoch, so a killed run continues from its last
 finished epoch when started again with the same backup folder.
 
-Backend-specific code sits behind two small seams: `distribution_scope` (a
-`tf.distribute.MirroredStrategy` when TensorFlow sees more than one GPU) and
-`use_mixed_precision_on_gpu`.
+Backend-specific precision sits behind one small seam, `use_mixed_precision_on_gpu`;
+where training runs (devices, data-parallel distribution, processes) is devices.py's.
 """
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -34,7 +32,7 @@ BACKUP_METADATA = "training_metadata.json"
 BACKBONE_LR_SCALE = 0.1
 
 
-def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None):
+def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None, weight_decay=None):
     """Builds an optimiser by name with the original tool's settings.
 
     Args:
@@ -48,6 +46,9 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
             `keras.applications` backbone (`models.in_backbone`); the optimiser
             is then the `BackboneRateMixin` variant of `name`. Defaults to
             `None`: one rate for every variable.
+        weight_decay: decoupled weight decay (Keras's: each step shrinks every
+            variable by `learning_rate * weight_decay` of itself), 0 or more.
+            Defaults to `None` (none).
 
     Returns:
         A `keras.optimizers.Optimizer`.
@@ -60,6 +61,8 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
     settings = dict(defaults)
     if learning_rate is not None:
         settings["learning_rate"] = learning_rate
+    if weight_decay:
+        settings["weight_decay"] = weight_decay
     if schedule == "cosine":
         settings["learning_rate"] = _warmup_cosine(settings["learning_rate"], total_steps)
     if backbone_lr_scale is not None:
@@ -169,15 +172,6 @@ def use_mixed_precision_on_gpu():
     if gpu_count():
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     return keras.mixed_precision.global_policy().name
-
-
-def distribution_scope():
-    """A context to build and compile the model in: mirrored over GPUs on TensorFlow with several."""
-    if keras.backend.backend() == "tensorflow" and gpu_count() > 1:
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy().scope()
-    return contextlib.nullcontext()
 
 
 def resumed_epoch(backup_dir):
