@@ -67,7 +67,8 @@ def build_parser():
     add("--split", default="train", choices=SPLITS, help="--dataset: the split to encode (default: %(default)s)")
     add("--folder-labels", action="store_true", help="--images: label each image by the name of its folder (enables green/red borders)")
     add("--features", default="none", choices=FEATURE_CHOICES, help="float16 features stored for --rerank: the latent activations, or the layer before them (default: %(default)s)")
-    add("--append", action="store_true", help="add the items to the existing index --out (same model, same source)")
+    add("--tta", action="store_true", help="flip test-time augmentation, colour images only: each code from the mean of the image's and its mirror image's latent activations, as retrieval.py --tta; image queries against the index then do the same")
+    add("--append", action="store_true", help="add the items to the existing index --out (same model, same source, same --tta)")
 
     query = commands.add_parser("query", help="search an index by image or by the id of an indexed item")
     add = query.add_argument
@@ -115,6 +116,8 @@ def encode(args):
         data.check_data_dir(args.data_dir, args.dataset)
 
     encoder, fingerprint, features_model = _load_encoder(args.model, args.features)
+    if args.tta and _channels(encoder) != 3:
+        raise UsageError("--tta averages each image with its mirror image: it applies to models of colour images only")
     bits = encoder.output_shape[-1]
     if previous is not None:
         if bits != previous.bits:
@@ -125,8 +128,8 @@ def encode(args):
         ids, images, labels, attrs = _folder_items(args.images, files, _input_size(encoder), _channels(encoder), args.folder_labels)
     else:
         ids, images, labels, attrs = _dataset_items(args.dataset, args.data_dir, args.split, encoder)
-    codes, features = _encode_images(encoder, features_model, images)
-    attrs.update({"features_layer": None if args.features == "none" else args.features})
+    codes, features = _encode_images(encoder, features_model, images, args.tta)
+    attrs.update({"features_layer": None if args.features == "none" else args.features, "tta": int(args.tta)})
     if previous is None:
         index_file.write_index(out, codes, ids, bits, fingerprint, labels=labels, features=features, attrs=attrs)
         total = len(ids)
@@ -207,16 +210,17 @@ def _load_dataset(name, data_dir):
         raise UsageError(f"--dataset {name}: {error}") from None
 
 
-def _encode_images(encoder, features_model, images):
-    """Packed codes and (optionally) float16 features of uint8 images `[n, h, w, c]`."""
+def _encode_images(encoder, features_model, images, tta):
+    """Packed codes and (optionally) float16 features of uint8 images `[n, h, w, c]`, mirrored too with `tta`."""
     import evaluate
     import models
 
+    predict = models.predict_with_flips if tta else models.predict
     if features_model is None:
-        latent = encoder.predict(images, batch_size=ENCODE_BATCH_SIZE, verbose=0)
+        latent = predict(encoder, images, ENCODE_BATCH_SIZE)
         features = None
     else:
-        latent, features = features_model.predict(images, batch_size=ENCODE_BATCH_SIZE, verbose=0)
+        latent, features = predict(features_model, images, ENCODE_BATCH_SIZE)
         features = np.asarray(features, dtype=np.float16).reshape(len(images), -1)
     codes = evaluate.pack_bits(np.asarray(latent) > models.BIT_THRESHOLD)
     return codes, features
@@ -317,7 +321,9 @@ def query(args):
     else:
         size, channels = _input_size(encoder), _channels(encoder)
         query_images = np.stack([_as_channels(data.decode_image(image, size), channels) for image in args.images])
-        query_codes, query_features = _encode_queries(encoder, features_model if args.rerank is not None else None, query_images)
+        query_codes, query_features = _encode_queries(
+            encoder, features_model if args.rerank is not None else None, query_images, bool(index.attrs.get("tta"))
+        )
         query_names = list(args.images)
 
     engine = make_engine(args.engine, index.codes, index.bits)
@@ -346,14 +352,24 @@ def make_engine(name, db_codes, bits):
         raise UsageError(f"--engine {name}: {error}") from None
 
 
-def _encode_queries(encoder, features_model, images):
+def _encode_queries(encoder, features_model, images, tta):
+    """Codes (and features) of a few query images, encoded as the index was (`tta`: with their mirror images)."""
+    import keras
+
     import evaluate
     import models
 
+    def outputs(model):
+        plain = [np.asarray(output) for output in keras.tree.flatten(model([images], training=False))]
+        if not tta:
+            return plain
+        mirrored = keras.tree.flatten(model([np.ascontiguousarray(images[:, :, ::-1])], training=False))
+        return [(one + other) / 2 for one, other in zip(plain, (np.asarray(output) for output in mirrored))]
+
     if features_model is None:
-        latent, features = np.asarray(encoder([images], training=False)), None
+        (latent,), features = outputs(encoder), None
     else:
-        latent, features = (np.asarray(output) for output in features_model([images], training=False))
+        latent, features = outputs(features_model)
         features = features.reshape(len(images), -1).astype(np.float16).astype(np.float32)
     return evaluate.pack_bits(latent > models.BIT_THRESHOLD), features
 

@@ -231,3 +231,21 @@ def test_missing_slots_of_approximate_engines_are_dropped(capsys, built_index, m
     monkeypatch.setattr(search, "make_engine", lambda name, codes, bits: HalfEngine())
     report = _query_json(capsys, "--index", str(built_index), "--query-id", "circle/005.png", "-k", "3", "--engine", "faiss-ivf")
     assert [row["id"] for row in report["queries"][0]["results"]] == ["circle/005.png"]
+
+
+def test_tta_index_holds_flip_averaged_codes_and_image_queries_match_them(capsys, models_dir, tiny_tree, tmp_path):
+    import keras
+
+    import models
+
+    path = tmp_path / "tta.h5"
+    assert search.main(["encode", "--model", models_dir["model"], "--images", str(tiny_tree / "test"), "--out", str(path), "--tta"]) == 0
+    index = index_file.read_index(path)
+    assert index.attrs["tta"] == 1
+    images = np.stack([np.asarray(Image.open(tiny_tree / "test" / item)) for item in index.ids()])
+    latent = models.predict_with_flips(keras.saving.load_model(models_dir["model"]), images, 64)
+    np.testing.assert_array_equal(index.codes, evaluate.pack_bits(latent > models.BIT_THRESHOLD))
+    plain = search._encode_queries(keras.saving.load_model(models_dir["model"]), None, images[:4], tta=False)[0]
+    assert not np.array_equal(plain, index.codes[:4])  # mirroring changed some codes of this untrained model
+    report = _query_json(capsys, "--index", str(path), "--model", models_dir["model"], str(tiny_tree / "test" / "circle" / "001.png"), "-k", "1")
+    assert report["queries"][0]["results"][0]["distance"] == 0  # the query is encoded as the index was
