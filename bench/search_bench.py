@@ -18,7 +18,8 @@ database size), the cost per (query, code) comparison including its share of the
 Float rows: one matrix product plus FAISS's top-k per query batch.
 
 Each timing is the best of `repeats` runs after one warm-up call (which also compiles the numba
-kernels), all threads of the machine in use (`--threads` to pin both numba and FAISS); other
+kernels); the JSON keeps every run (`run_seconds`) and the median (`median_qps`) too, and the table
+prints both q/s. All threads of the machine in use (`--threads` to pin both numba and FAISS); other
 processes slow every row, so the load average is recorded beside each row. Peak memory is the
 process's maximum resident set (`resource.getrusage`), which only grows: read it row by row.
 
@@ -87,8 +88,8 @@ def peak_memory_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
 
 
-def best_time(function, repeats):
-    """Warm-up call, then up to `repeats` timed calls; returns (best wall seconds, last result)."""
+def timed_runs(function, repeats):
+    """Warm-up call, then up to `repeats` timed calls; returns (every run's wall seconds, last result)."""
     result = function()
     times = []
     for _ in range(repeats):
@@ -97,7 +98,7 @@ def best_time(function, repeats):
         times.append(time.perf_counter() - start)
         if sum(times) > CONFIG["max_row_seconds"]:
             break
-    return min(times), result
+    return times, result
 
 
 def index_bytes(engine):
@@ -128,7 +129,8 @@ def bench_codes(name, query_codes, db_codes, bits, engine_names, repeats, rows):
             if k > ntotal:
                 continue
             load_before = os.getloadavg()[0]
-            seconds, (distances, ids) = best_time(lambda: engine.search(query_codes, k), repeats)
+            times, (distances, ids) = timed_runs(lambda: engine.search(query_codes, k), repeats)
+            seconds = min(times)
             row = {
                 "data": name,
                 "bits": bits,
@@ -139,6 +141,8 @@ def bench_codes(name, query_codes, db_codes, bits, engine_names, repeats, rows):
                 "qps": nq / seconds,
                 "ns_per_pair": seconds / (nq * ntotal) * 1e9,
                 "seconds": seconds,
+                "median_qps": nq / float(np.median(times)),
+                "run_seconds": times,
                 "build_seconds": build_seconds,
                 "codes_bytes": int(db_codes.nbytes),
                 "index_bytes": index_bytes(engine),
@@ -171,7 +175,8 @@ def bench_float(ntotal, repeats, rows, rng):
     build_seconds = time.perf_counter() - start
     for k in CONFIG["ks"]:
         load_before = os.getloadavg()[0]
-        seconds, _ = best_time(lambda: index.search(query_features, k), repeats)
+        times, _ = timed_runs(lambda: index.search(query_features, k), repeats)
+        seconds = min(times)
         row = {
             "data": "random float32",
             "bits": None,
@@ -183,6 +188,8 @@ def bench_float(ntotal, repeats, rows, rng):
             "qps": nq / seconds,
             "ns_per_pair": seconds / (nq * ntotal) * 1e9,
             "seconds": seconds,
+            "median_qps": nq / float(np.median(times)),
+            "run_seconds": times,
             "build_seconds": build_seconds,
             "codes_bytes": int(db_features.nbytes),
             "index_bytes": int(db_features.nbytes),
@@ -195,7 +202,7 @@ def bench_float(ntotal, repeats, rows, rng):
 
 
 HEADER = (
-    f"{'data':<16} {'bits':>5} {'ntotal':>10} {'engine':<14} {'k':>5} {'q/s':>9} "
+    f"{'data':<16} {'bits':>5} {'ntotal':>10} {'engine':<14} {'k':>5} {'q/s':>9} {'median':>9} "
     f"{'ns/pair':>8} {'recall':>7} {'same':>5} {'index MB':>9} {'peak MB':>8} {'load':>5}"
 )
 
@@ -206,7 +213,7 @@ def print_row(row):
     bits = row["bits"] if row["bits"] is not None else f"{row['dim']}d"
     print(
         f"{row['data']:<16} {bits:>5} {row['ntotal']:>10,} {row['engine']:<14} {row['k']:>5} "
-        f"{row['qps']:>9,.0f} {row['ns_per_pair']:>8.3f} {recall:>7} {same:>5} "
+        f"{row['qps']:>9,.0f} {row['median_qps']:>9,.0f} {row['ns_per_pair']:>8.3f} {recall:>7} {same:>5} "
         f"{row['index_bytes'] / 1e6:>9.1f} {row['peak_memory_mb']:>8.0f} "
         f"{row['load_average'][0]:>5.2f}",
         flush=True,
