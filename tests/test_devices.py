@@ -153,3 +153,23 @@ def test_jax_two_processes_match_one(jax_runs, tiny_tree, tmp_path):
     single, data_parallel = jax_runs
     _assert_close(data_parallel, first, SAME_BATCHES_TOLERANCE, SAME_BATCHES_TOLERANCE)
     _assert_close(single, first)
+
+
+BATCH_NORM_CHECK = """
+import keras, numpy as np, jax
+x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+x[8:] += 5  # the two devices' halves of the batch have different means
+with keras.distribution.DataParallel(devices=jax.devices()).scope():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(momentum=0.0)])
+    model.compile("sgd", "mse")
+    model.fit(x, x, batch_size=16, epochs=1, shuffle=False, verbose=0)
+assert len(jax.devices()) == 2
+np.testing.assert_allclose(np.asarray(model.layers[0].moving_mean.value), x.mean(axis=0), rtol=1e-5)
+"""
+
+
+def test_jax_batch_norm_sees_the_global_batch():
+    """With momentum 0, the moving mean after one step is the batch mean: the global one, not a device's half."""
+    completed = subprocess.run([sys.executable, "-c", BATCH_NORM_CHECK], env=_environment("jax", host_devices=2),
+                               capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert completed.returncode == 0, completed.stderr[-3000:]
