@@ -220,3 +220,14 @@ def test_train_bench_refuses_bad_flags_with_exit_2(capsys):
         load_train_bench().main(["--eval-every", "0"])
     assert exit_info.value.code == 2
     assert "--eval-every must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_tune_recipe_refuses_unknown_candidates_with_exit_2(capsys, tmp_path):
+    spec = importlib.util.spec_from_file_location("tune_recipe", REPO_ROOT / "bench" / "tune_recipe.py")
+    tune_recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune_recipe)
+    with pytest.raises(SystemExit) as exit_info:
+        tune_recipe.main(["--out-dir", str(tmp_path), "--candidates", "fast", "slow"])
+    assert exit_info.value.code == 2
+    assert "--candidates must be among fast, fast-dlbhc, fast-wide, got slow" in capsys.readouterr().err
+    assert not (tmp_path / "reports.jsonl").exists()
