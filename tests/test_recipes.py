@@ -231,3 +231,17 @@ def test_tune_recipe_refuses_unknown_candidates_with_exit_2(capsys, tmp_path):
     assert exit_info.value.code == 2
     assert "--candidates must be among fast, fast-dlbhc, fast-wide, got slow" in capsys.readouterr().err
     assert not (tmp_path / "reports.jsonl").exists()
+
+
+def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert retrieval.main(tiny_argv(tiny_tree, out, "-e", "1")) == 0
+    spec = importlib.util.spec_from_file_location("tta_bench", REPO_ROOT / "bench" / "tta_bench.py")
+    tta_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta_bench)
+    capsys.readouterr()
+    assert tta_bench.main([str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # Without flips, the bench reproduces the run's own score.
+    assert report["plain"]["mAP@120"] == pytest.approx(rundir.read_json(out / rundir.METRICS_FILE)["mAP@120"], abs=1e-4)
+    assert 0 <= report["tta"]["mAP@120"] <= 1 and report["query_source"] == "test"

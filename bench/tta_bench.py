@@ -1,0 +1,71 @@
+"""What flip test-time augmentation buys a trained model: mAP with and without it, and its encoding cost.
+
+    python bench/tta_bench.py runs/RUN [--val-size N]
+
+re-encodes the run's database and queries with its `model.keras`, once plainly
+and once as the mean of each image's and its mirror image's latent activations
+(`retrieval.py --tta`), and scores both by mAP@k and precision@k under the run's
+own split. `--val-size N` scores held-out training images instead of the
+run's queries, for a decision that must not look at the test queries (the
+held-out images must then not have been trained on: a run made with the same
+`--val-size`). Prints one JSON line.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import protocols  # noqa: E402  (after the path: the bench runs from anywhere)
+import retrieval  # noqa: E402
+import rundir  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a finished run folder (config.json and model.keras)")
+    parser.add_argument("--val-size", type=int, default=None, help="score N held-out training images instead of the run's queries (default: the run's own)")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    if not (run / rundir.MODEL_FILE).is_file() or not (run / rundir.CONFIG_FILE).is_file():
+        parser.error(f"{run} is not a finished run: it needs {rundir.CONFIG_FILE} and {rundir.MODEL_FILE}")
+    config = rundir.read_json(run / rundir.CONFIG_FILE)
+    # Runs saved before protocols were recorded were evaluated under their dataset's default one.
+    config.setdefault("protocol", protocols.default_protocol(config["dataset"]))
+    if args.val_size is not None:
+        config["val_size"] = args.val_size
+    print(json.dumps(measure(config, run / rundir.MODEL_FILE)))
+    return 0
+
+
+def measure(config, model_path):
+    """Scores the model's codes with and without flip TTA; returns the report."""
+    import keras
+
+    import evaluate
+    import methods  # noqa: F401  (registers the losses a saved model may name)
+    import models  # noqa: F401  (registers the layers)
+    import train  # noqa: F401  (registers the optimisers)
+
+    arrays = retrieval.load_arrays(config)
+    top = retrieval.resolve_top(config.get("top"), len(arrays.db_y), arrays.split.top)[0]
+    scorer = retrieval.scoring_model(keras.saving.load_model(model_path))
+    report = {"model": str(model_path), "num_queries": len(arrays.query_y), "num_database": len(arrays.db_y),
+              "query_source": "validation" if config.get("val_size") else "test"}
+    for tta in (False, True):
+        started = time.perf_counter()
+        db_latent, query_latent, accuracy = retrieval.encode(scorer, arrays.db_x, arrays.query_x, arrays.query_y, tta=tta)
+        encode_seconds = time.perf_counter() - started
+        scores = evaluate.evaluate_retrieval(retrieval.binarise(query_latent), arrays.query_y, retrieval.binarise(db_latent), arrays.db_y, top)
+        report["tta" if tta else "plain"] = {
+            f"mAP@{top}": round(scores["mAP"], 4), f"precision@{top}": round(scores["precision"], 4),
+            **({"accuracy": round(accuracy, 4)} if accuracy is not None else {}), "encode_seconds": round(encode_seconds, 1),
+        }
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())
