@@ -115,6 +115,18 @@ def tie_aware_recall(distances, ids, exact_distances):
     return float(np.mean((ids >= 0) & (distances <= exact_distances[:, -1:])))
 
 
+def timing_row(data, bits, nq, ntotal, engine, k, times, load_before, **facts):
+    """One table/JSON row: the best of `times` (seconds per search call) as q/s and ns per pair, the median too."""
+    seconds = min(times)
+    return {
+        "data": data, "bits": bits, **({"dim": facts.pop("dim")} if "dim" in facts else {}),
+        "ntotal": ntotal, "nq": nq, "engine": engine, "k": k,
+        "qps": nq / seconds, "ns_per_pair": seconds / (nq * ntotal) * 1e9, "seconds": seconds,
+        "median_qps": nq / float(np.median(times)), "run_seconds": times, **facts,
+        "peak_memory_mb": peak_memory_mb(), "load_average": [load_before, os.getloadavg()[0]],
+    }
+
+
 def bench_codes(name, query_codes, db_codes, bits, engine_names, repeats, rows):
     from engines import make_engine
 
@@ -130,25 +142,8 @@ def bench_codes(name, query_codes, db_codes, bits, engine_names, repeats, rows):
                 continue
             load_before = os.getloadavg()[0]
             times, (distances, ids) = timed_runs(lambda: engine.search(query_codes, k), repeats)
-            seconds = min(times)
-            row = {
-                "data": name,
-                "bits": bits,
-                "ntotal": ntotal,
-                "nq": nq,
-                "engine": engine_name,
-                "k": k,
-                "qps": nq / seconds,
-                "ns_per_pair": seconds / (nq * ntotal) * 1e9,
-                "seconds": seconds,
-                "median_qps": nq / float(np.median(times)),
-                "run_seconds": times,
-                "build_seconds": build_seconds,
-                "codes_bytes": int(db_codes.nbytes),
-                "index_bytes": index_bytes(engine),
-                "peak_memory_mb": peak_memory_mb(),
-                "load_average": [load_before, os.getloadavg()[0]],
-            }
+            row = timing_row(name, bits, nq, ntotal, engine_name, k, times, load_before,
+                             build_seconds=build_seconds, codes_bytes=int(db_codes.nbytes), index_bytes=index_bytes(engine))
             if engine_name == "exact":
                 exact_results[k] = distances, ids
             elif k in exact_results:
@@ -176,26 +171,8 @@ def bench_float(ntotal, repeats, rows, rng):
     for k in CONFIG["ks"]:
         load_before = os.getloadavg()[0]
         times, _ = timed_runs(lambda: index.search(query_features, k), repeats)
-        seconds = min(times)
-        row = {
-            "data": "random float32",
-            "bits": None,
-            "dim": dim,
-            "ntotal": ntotal,
-            "nq": nq,
-            "engine": "faiss-flat-l2",
-            "k": k,
-            "qps": nq / seconds,
-            "ns_per_pair": seconds / (nq * ntotal) * 1e9,
-            "seconds": seconds,
-            "median_qps": nq / float(np.median(times)),
-            "run_seconds": times,
-            "build_seconds": build_seconds,
-            "codes_bytes": int(db_features.nbytes),
-            "index_bytes": int(db_features.nbytes),
-            "peak_memory_mb": peak_memory_mb(),
-            "load_average": [load_before, os.getloadavg()[0]],
-        }
+        row = timing_row("random float32", None, nq, ntotal, "faiss-flat-l2", k, times, load_before, dim=dim,
+                         build_seconds=build_seconds, codes_bytes=int(db_features.nbytes), index_bytes=int(db_features.nbytes))
         rows.append(row)
         print_row(row)
     del index, db_features
