@@ -114,3 +114,26 @@ def test_interrupted_append_leaves_the_old_index(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert index_file.read_index(path).ntotal == 10
     assert [entry.name for entry in tmp_path.iterdir()] == ["index.h5"]  # no temporary file left behind
+
+
+def test_index_bench_reports_size_and_the_first_query_of_a_small_random_index(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("index_bench", Path(__file__).resolve().parent.parent / "bench" / "index_bench.py")
+    index_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(index_bench)
+    out = tmp_path / "index_bench.json"
+    assert index_bench.main(["--sizes", "10000", "--command-runs", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    (row,) = results["random_index"]
+    assert row["ntotal"] == 10000 and row["bits"] == 64 and row["codes_array_bytes"] == 80000
+    assert 0 < row["codes_bytes"] <= row["file_bytes"]
+    assert row["first_result"] == {"id": row["query_id"], "distance": 0} and row["first_result_ok"]
+    assert row["command"]["first_result_ok"] and not row["command"]["imports_keras"]
+    assert len(row["in_process"]["runs"]) == index_bench.IN_PROCESS_RUNS and row["in_process"]["best_s"] > 0
+    assert "skipped" in results["notes"][0] and "image_queries" not in results
+    printed = capsys.readouterr().out.splitlines()
+    assert json.loads(printed[-2])["random_10000x64"]["first_result_ok"] is True
+    assert not list((tmp_path / "work").glob("*.h5"))  # the random index is removed
