@@ -15,9 +15,10 @@ flip test-time augmentation when it has it). Per epoch it prints:
   neither's time counts as training time, and each is printed apart.
 
 Before training it times the input pipeline alone: one epoch of shuffled
-batches gathered from the in-memory images and copied to the device, as the
-Keras `fit` loop does. Its share of a training epoch is an upper bound of the
-time a step waits for data: on a GPU, Keras copies the next batch while the
+batches made as the run's `fit` gets them (gathered from host memory and
+copied to the device; on one JAX GPU, gathered on the device, where the
+training data is held). Its share of a training epoch is an upper bound of the
+time a step waits for data: on a GPU, Keras fetches the next batch while the
 current step runs. (Augmentation is inside the model, so it is step time.)
 
 The last line is one JSON object: device, backend, recipe, the per-epoch
@@ -107,16 +108,29 @@ def benchmark(config, eval_every):
 
 
 def input_pipeline_seconds(x, y, batch_size, seed):
-    """Seconds for one epoch of shuffled batches gathered from memory and copied to the default device."""
+    """Seconds for one epoch of batches made as this run's `fit` gets them, and copied to the device, alone.
+
+    Arrays: Keras gathers each shuffled batch on the host and copies it over;
+    data held on a JAX GPU (`devices.Placement.fit_data`): each batch is a
+    gather on the device.
+    """
     import keras
 
-    order = np.random.default_rng(seed).permutation(len(x))
+    import devices
+
+    fit_data, _ = devices.placement().fit_data(x, y, batch_size, seed)
+    if "batch_size" in fit_data:
+        order = np.random.default_rng(seed).permutation(len(x))
+        rows = (order[start : start + batch_size] for start in range(0, len(x), batch_size))
+        batches = ((x[indices], y[indices]) for indices in rows)
+    else:
+        dataset = fit_data["x"]
+        batches = (dataset[index] for index in range(len(dataset)))
     started = time.perf_counter()
-    for start in range(0, len(x), batch_size):
-        indices = order[start : start + batch_size]
-        for part in (x[indices], y[indices]):
+    for batch in batches:
+        for part in batch:
             tensor = keras.ops.convert_to_tensor(part)
-            if hasattr(tensor, "block_until_ready"):  # JAX copies asynchronously
+            if hasattr(tensor, "block_until_ready"):  # JAX works asynchronously
                 tensor.block_until_ready()
     return time.perf_counter() - started
 

@@ -173,3 +173,37 @@ def test_jax_batch_norm_sees_the_global_batch():
     completed = subprocess.run([sys.executable, "-c", BATCH_NORM_CHECK], env=_environment("jax", host_devices=2),
                                capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert completed.returncode == 0, completed.stderr[-3000:]
+
+
+# --- training data held on one JAX GPU ----------------------------------------------------
+
+DEVICE_DATA_SCRIPT = """
+import jax, keras, numpy as np
+import devices
+placement = devices.Placement("jax", [None])
+assert not placement.holds_data_on_device(1000)  # a CPU: the arrays stay where they are
+jax.default_backend = lambda: "gpu"  # as on the GPU machine
+assert placement.holds_data_on_device(1000) and not placement.holds_data_on_device(devices.DEVICE_DATA_MAX_BYTES + 1)
+assert not devices.Placement("jax", [None, None]).holds_data_on_device(1000)  # data-parallel: ShardedBatches' shares
+x = np.random.default_rng(0).integers(0, 255, (50, 8, 8, 3)).astype("uint8")
+y = np.eye(2, dtype="float32")[np.arange(50) % 2]
+fit_data, steps = placement.fit_data(x, y, 16, seed=3)
+held = fit_data["x"]
+assert isinstance(held.x, jax.Array) and steps == len(held) == 4
+batch_x, batch_y = held[3]
+rows = np.random.default_rng([3, 0]).permutation(50)[48:]
+assert isinstance(batch_x, jax.Array) and np.array_equal(np.asarray(batch_x), x[rows]) and np.array_equal(np.asarray(batch_y), y[rows])
+model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+model.compile(optimizer="adam", loss="categorical_crossentropy")
+history = model.fit(**fit_data, epochs=2, verbose=0, callbacks=[held.epoch_callback()])
+print(len(history.history["loss"]), held.epoch)
+"""
+
+
+def test_training_data_is_held_on_one_jax_gpu_and_batched_there():
+    result = subprocess.run(
+        [sys.executable, "-c", DEVICE_DATA_SCRIPT], cwd=DRIVER.parents[1], capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(DRIVER.parents[1])),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["2", "1"]  # trained two epochs, the second on epoch 1's shuffle
