@@ -61,6 +61,7 @@ def main(argv=None):
     if own.eval_every < 1:
         parser.error(f"--eval-every must be at least 1, got {own.eval_every}")
     retrieval_parser = retrieval.build_parser()
+    retrieval_parser.prog = parser.prog  # its errors are this command's
     with tempfile.TemporaryDirectory() as scratch:
         args = retrieval_parser.parse_args([*rest, "-s", "0"] + ([] if "--out" in rest else ["--out", str(Path(scratch) / "run")]))
         try:

@@ -79,7 +79,12 @@ def run_bench(flags, bench_flags, out_dir, label, timeout):
     report_file = out_dir / "last_report.json"
     command = [sys.executable, str(BENCH), *bench_flags, "--json", str(report_file), *flags]
     print(f"== {label}: {' '.join(command[1:])}", flush=True)
-    subprocess.run(command, check=True, timeout=timeout)
+    try:
+        subprocess.run(command, check=True, timeout=timeout)
+    except subprocess.CalledProcessError as error:
+        sys.exit(f"tune_recipe.py: the {label} run failed with exit status {error.returncode} (its output is above)")
+    except subprocess.TimeoutExpired:
+        sys.exit(f"tune_recipe.py: the {label} run took longer than --timeout {timeout} s and was stopped")
     report = {"label": label, "flags": flags, **json.loads(report_file.read_text())}
     with open(out_dir / "reports.jsonl", "a") as reports:
         reports.write(json.dumps(report) + "\n")
