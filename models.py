@@ -50,6 +50,8 @@ RESNET_STAGES = 3
 AUGMENTATIONS = ("none", "flip", "crop-flip")
 DEFAULT_AUGMENTATION = {"dbr": "none"}  # the original CNN trained on plain images; the rest: "flip"
 CROP_PADDING_FRACTION = 1 / 8  # 4 pixels on CIFAR-10's 32, the usual CIFAR padding
+# Images mirrored at a time for flip test-time augmentation (predict_with_flips).
+TTA_CHUNK = 8192
 # PyTorch's default. Keras's 0.99 averages over ~100 steps of fast-changing
 # weights, which left a 5-epoch classroom run predicting one class at inference.
 BATCH_NORM_MOMENTUM = 0.9
@@ -167,12 +169,35 @@ def predict_with_flips(model, images, batch_size):
     """Flip test-time augmentation: the mean of the outputs for each image and for its mirror image.
 
     For colour images, whose mirror images belong to the same class; the mean
-    latent activation is binarised as usual.
+    latent activation is binarised as usual. Mirrors `TTA_CHUNK` images at a
+    time, so the mirrored copy stays small whatever the number of images.
     """
+    chunks = [
+        average_with_mirror(lambda batch: predict(model, batch, batch_size), images[start : start + TTA_CHUNK])
+        for start in range(0, len(images), TTA_CHUNK)
+    ]
+    return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *chunks)
+
+
+def average_with_mirror(outputs_of, images):
+    """The mean of `outputs_of(images)` and `outputs_of(mirrored images)`, output by output."""
     mirrored = np.ascontiguousarray(np.asarray(images)[:, :, ::-1])
     return keras.tree.map_structure(
-        lambda plain, flipped: (plain + flipped) / 2, predict(model, images, batch_size), predict(model, mirrored, batch_size)
+        lambda plain, flipped: (np.asarray(plain) + np.asarray(flipped)) / 2, outputs_of(images), outputs_of(mirrored)
     )
+
+
+def unsynchronize_batch_norm(model):
+    """Turns off cross-replica batch norm in `model`, so its saved file loads on every backend.
+
+    `synchronized=True` (set for training under a TensorFlow `MirroredStrategy`)
+    only changes how training statistics are gathered, and Keras refuses to
+    build such a layer on another backend; inference uses the moving statistics
+    either way.
+    """
+    for layer in model._flatten_layers():
+        if isinstance(layer, layers.BatchNormalization):
+            layer.synchronized = False
 
 
 def in_backbone(variable_path):

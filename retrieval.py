@@ -483,19 +483,20 @@ def run(config, verbose=1, resume=False, callbacks=()):
         log(note)
     devices.start(config)  # before Keras computes anything: joins the processes, picks the devices
     config = _resolve_class_batches(_resolve_recipe(config, colour=train_x.shape[-1] == 3), train_y, log)
+    _check_batches_fit_devices(config)
     timings["data_seconds"] = time.perf_counter() - started
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
         rundir.clear_run(out)
         rundir.write_json(out / rundir.CONFIG_FILE, config)
 
-    import keras  # deferred: everything above runs without TensorFlow
+    import keras  # imported by now (devices, recipe); named here, where this function starts to use it
 
     import train
 
     keras.utils.set_random_seed(config["seed"])
     precision_policy = train.use_mixed_precision_on_gpu()
-    method = _make_method(config, num_classes)
+    method = method_for(config, num_classes)
     model, trained_epochs, timings["train_seconds"] = _trained_model(config, method, train_x, train_y, out, verbose, callbacks)
 
     started = time.perf_counter()
@@ -611,6 +612,16 @@ def _resolve_recipe(config, colour):
     return recipes.fill(config, recipe, colour)
 
 
+def _check_batches_fit_devices(config):
+    """Refuses, before the run folder is written, batches the devices cannot share (see devices.py)."""
+    placement = devices.placement()
+    if config["method"] in CLASS_BATCH_METHODS:
+        placement.check_class_batches()
+        placement.check_batch(config["batch_size"], "--classes-per-batch x --images-per-class")
+    else:
+        placement.check_batch(config["batch_size"])
+
+
 def _resolve_class_batches(config, train_y, log):
     """For P x K batches (`dnnh`): P (default clipped to the classes present), K checked, batch size P*K."""
     if config["method"] not in CLASS_BATCH_METHODS:
@@ -629,7 +640,8 @@ def _resolve_class_batches(config, train_y, log):
     return {**config, "classes_per_batch": int(classes_per_batch), "batch_size": int(classes_per_batch * images_per_class)}
 
 
-def _make_method(config, num_classes):
+def method_for(config, num_classes):
+    """The training method `config` names, with its options; a bad option is a `UsageError`."""
     import methods
 
     try:
@@ -661,8 +673,6 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
     if method.batch_classes:
         import batches
 
-        placement.check_class_batches()
-        placement.check_batch(config["batch_size"], "--classes-per-batch x --images-per-class")
         inputs = batches.ClassBalancedBatches(x, targets, y, config["classes_per_batch"], config["images_per_class"], seed=config["seed"])
         fit_data, steps_per_epoch = {"x": inputs}, len(inputs)
     else:
@@ -694,6 +704,7 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         started = time.perf_counter()
         train.fit_resumable(model, **fit_data, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks)
         seconds = time.perf_counter() - started
+    models.unsynchronize_batch_norm(model)
     with rundir.atomic_path(model_path) as temporary:
         model.save(temporary)
     rundir.remove_backup(out)
@@ -789,22 +800,29 @@ def _resumed_config(args):
     return config
 
 
+# The errors that mean bad input: one line on stderr, exit status 2.
+USAGE_ERRORS = (UsageError, rundir.RunDirError, data.DataError, devices.DeviceError)
+
+
+def prepare(args):
+    """The config of a new run from parsed arguments, with its run folder and data checked; no Keras yet."""
+    config = devices.worker_config(resolve_args(args))  # process > 0: a private temporary run folder
+    rundir.check_out_dir(config["out"], overwrite=args.overwrite)
+    if config["data_dir"]:
+        data.check_data_dir(config["data_dir"])
+    elif data.parse_dataset_name(config["dataset"])[0]:
+        data.check_dataset(config["dataset"], test_fraction=config["test_fraction"], image_root=config["image_root"])
+    return config
+
+
 def main(argv=None):
     """Command-line entry point; returns the exit status (0 done, 2 bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.resume:
-            config = _resumed_config(args)
-        else:
-            config = devices.worker_config(resolve_args(args))  # process > 0: a private temporary run folder
-            rundir.check_out_dir(config["out"], overwrite=args.overwrite)
-            if config["data_dir"]:
-                data.check_data_dir(config["data_dir"])
-            elif data.parse_dataset_name(config["dataset"])[0]:
-                data.check_dataset(config["dataset"], test_fraction=config["test_fraction"], image_root=config["image_root"])
+        config = _resumed_config(args) if args.resume else prepare(args)
         run(config, verbose=args.verbose, resume=args.resume)
-    except (UsageError, rundir.RunDirError, data.DataError, devices.DeviceError) as error:
+    except USAGE_ERRORS as error:
         parser.error(str(error))
     return 0
 

@@ -124,6 +124,8 @@ def encode(args):
             raise UsageError(f"--append: the index {out} holds {previous.bits}-bit codes; this model makes {bits}-bit codes")
         if fingerprint != previous.model_fingerprint:
             raise UsageError(f"--append: the index {out} was made by another model; encode a new index instead")
+        if bool(previous.attrs.get("tta")) != args.tta:
+            raise UsageError(f"--append: the index {out} was encoded {'with' if previous.attrs.get('tta') else 'without'} --tta; append {'with' if previous.attrs.get('tta') else 'without'} it too")
     if args.images is not None:
         ids, images, labels, attrs = _folder_items(args.images, files, _input_size(encoder), _channels(encoder), args.folder_labels)
     else:
@@ -360,11 +362,10 @@ def _encode_queries(encoder, features_model, images, tta):
     import models
 
     def outputs(model):
-        plain = [np.asarray(output) for output in keras.tree.flatten(model([images], training=False))]
-        if not tta:
-            return plain
-        mirrored = keras.tree.flatten(model([np.ascontiguousarray(images[:, :, ::-1])], training=False))
-        return [(one + other) / 2 for one, other in zip(plain, (np.asarray(output) for output in mirrored))]
+        def outputs_of(batch):
+            return [np.asarray(output) for output in keras.tree.flatten(model([batch], training=False))]
+
+        return models.average_with_mirror(outputs_of, images) if tta else outputs_of(images)
 
     if features_model is None:
         (latent,), features = outputs(encoder), None

@@ -207,3 +207,29 @@ def test_training_data_is_held_on_one_jax_gpu_and_batched_there():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["2", "1"]  # trained two epochs, the second on epoch 1's shuffle
+
+
+def test_a_model_trained_with_synchronised_batch_norm_saves_loadable_on_jax(tmp_path, monkeypatch):
+    import models
+
+    monkeypatch.setattr(models, "synchronized_batch_norm", True)  # as under a TensorFlow MirroredStrategy
+    encoder = models.build_encoder("resnet", (32, 32, 3), 8, width=2)
+    models.unsynchronize_batch_norm(encoder)  # what retrieval.py does before saving
+    encoder.save(tmp_path / "model.keras")
+    script = f"import keras, models; keras.saving.load_model({str(tmp_path / 'model.keras')!r}); print(keras.backend.backend())"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=DRIVER.parents[1], capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(DRIVER.parents[1])),
+    )
+    assert result.stdout.split()[-1:] == ["jax"], result.stderr[-2000:]
+
+
+def test_a_batch_the_devices_cannot_share_exits_2_before_the_run_folder_is_made(tiny_tree, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(DRIVER.parents[1] / "retrieval.py"), *tiny_argv(tiny_tree, out, "--devices", "2", "--batch-size", "15")],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=dict(os.environ, KERAS_BACKEND="jax"),
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--batch-size 15 must be a multiple of the 2 devices training together" in result.stderr
+    assert not out.exists()

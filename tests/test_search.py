@@ -142,6 +142,8 @@ def test_append_adds_images_and_refuses_other_models(capsys, tiny_tree, models_d
     _fails(capsys, ["encode", "--model", models_dir["other"], "--images", str(folder), "--out", str(out), "--append"], "made by another model")
     _fails(capsys, ["encode", "--model", models_dir["wide"], "--images", str(folder), "--out", str(out), "--append"], "holds 12-bit codes; this model makes 16-bit")
     _fails(capsys, ["encode", "--model", models_dir["model"], "--images", str(folder), "--out", str(out)], "pass --append")
+    _fails(capsys, ["encode", "--model", models_dir["model"], "--images", str(folder), "--out", str(out), "--append", "--tta"],
+           "was encoded without --tta; append without it too")
     assert out.read_bytes() == before
     # The folder now holds the indexed circles again: appending them twice is refused, so append a new folder.
     shutil.rmtree(folder / "circle")
