@@ -151,10 +151,11 @@ class Placement:
 
     @property
     def distributed(self):
+        """Whether training is spread over more than one device (in any number of processes)."""
         return self.replicas > 1
 
     def describe(self):
-        """A short description for the run's provenance, e.g. `2 devices x 2 processes (jax)`."""
+        """A short description for the run's provenance, e.g. `2 device(s) x 1 process(es)`."""
         return f"{self.replicas // self.num_processes} device(s) x {self.num_processes} process(es)"
 
     @contextlib.contextmanager

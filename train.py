@@ -95,7 +95,8 @@ class BackboneRateMixin:
     `backbone_lr_scale` for the variables whose path lies under the backbone
     (`models.in_backbone`), so a backbone variable takes exactly the step the
     optimiser would take at the scaled rate, and the rest take the full rate.
-    Weight decay (unused here) is not scaled. Mixed into the optimisers of
+    Weight decay (`--weight-decay`) is not scaled: a backbone decays at the
+    full rate's decay while it learns at the scaled rate. Mixed into the optimisers of
     `OPTIMIZERS` as `BACKBONE_RATE_OPTIMIZERS`, registered so that a
     `model.keras` compiled with one loads again once this module is imported.
 

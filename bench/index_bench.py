@@ -81,6 +81,7 @@ QUERY_ENCODE_BATCH = 250
 SEED = 0
 TARGETS = {"codes_mb": 10.0, "open_first_query_s": 1.0, "image_query_ms": 100.0}
 ENCODE_FEATURES = "latent"
+CIFAR10_TEST_IMAGES = 10_000
 
 
 def parse_args(argv=None):
@@ -97,7 +98,27 @@ def parse_args(argv=None):
     parser.add_argument("--rerank-queries", type=int, default=RERANK_QUERIES, help="Defaults to 1000.")
     parser.add_argument("--workdir", type=Path, help="folder for the random index and query images. Defaults to a temporary folder, removed.")
     parser.add_argument("--json", type=Path, help="write the results here. Defaults to none.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.sizes, args.rerank_n = _positive_list(parser, "--sizes", args.sizes), _positive_list(parser, "--rerank-n", args.rerank_n)
+    if any(n < RERANK_TOP for n in args.rerank_n):
+        parser.error(f"--rerank-n must be at least {RERANK_TOP}, got {args.rerank_n}")
+    if not 1 <= args.rerank_queries <= CIFAR10_TEST_IMAGES:
+        parser.error(f"--rerank-queries must be between 1 and {CIFAR10_TEST_IMAGES}, got {args.rerank_queries}")
+    for flag, value, smallest in (("--bits", args.bits, 1), ("--command-runs", args.command_runs, 0)):
+        if value < smallest:
+            parser.error(f"{flag} must be at least {smallest}, got {value}")
+    return args
+
+
+def _positive_list(parser, flag, text):
+    """Comma-separated positive integers, or a `parser.error` naming `flag`."""
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        parser.error(f"{flag} must be comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        parser.error(f"{flag} must be comma-separated positive integers, got {text!r}")
+    return values
 
 
 def load_average():
@@ -448,11 +469,9 @@ def summary(results):
 
 def main(argv=None):
     args = parse_args(argv)
-    ns = [int(n) for n in args.rerank_n.split(",") if n.strip()]
-    if any(n < RERANK_TOP for n in ns):
-        raise SystemExit(f"--rerank-n must be at least {RERANK_TOP}")
+    ns = args.rerank_n
     results = {
-        "config": {"sizes": [int(float(s)) for s in args.sizes.split(",") if s.strip()], "bits": args.bits,
+        "config": {"sizes": args.sizes, "bits": args.bits,
                    "command_runs": args.command_runs, "model": str(args.model) if args.model else None,
                    "data_dir": str(args.data_dir) if args.data_dir else None, "rerank_n": ns,
                    "rerank_queries": args.rerank_queries, "seed": SEED, "targets": TARGETS},

@@ -53,7 +53,7 @@ COMPILE_FACTOR = 5
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog="Every other argument goes to retrieval.py (see python retrieval.py --help)."
+        prog="train_bench.py", description=__doc__.splitlines()[0], epilog="Every other argument goes to retrieval.py (see python retrieval.py --help)."
     )
     parser.add_argument("--eval-every", type=int, default=1, help="score mAP@1000 after every N epochs, and after the last (default: 1)")
     parser.add_argument("--json", default=None, help="also write the final JSON object to this file")
@@ -64,11 +64,13 @@ def main(argv=None):
     retrieval_parser.prog = parser.prog  # its errors are this command's
     with tempfile.TemporaryDirectory() as scratch:
         args = retrieval_parser.parse_args([*rest, "-s", "0"] + ([] if "--out" in rest else ["--out", str(Path(scratch) / "run")]))
+        if args.resume:
+            parser.error("--resume does not apply: the benchmark times a whole training")
+        if args.epochs is not None and args.epochs < 1:
+            parser.error(f"--epochs must be at least 1 to time an epoch, got {args.epochs}")
         try:
-            config = retrieval.resolve_args(args)
-            rundir.check_out_dir(config["out"], overwrite=args.overwrite)
-            report = benchmark(config, own.eval_every)
-        except (retrieval.UsageError, rundir.RunDirError) as error:
+            report = benchmark(retrieval.prepare(args), own.eval_every)
+        except retrieval.USAGE_ERRORS as error:
             retrieval_parser.error(str(error))
     line = json.dumps(report)
     print(line)
@@ -155,7 +157,8 @@ def epoch_probe(arrays, top, out, eval_every):
     class Probe(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.config = rundir.read_json(out / rundir.CONFIG_FILE)
-            self.input_seconds = input_pipeline_seconds(arrays.train_x, arrays.train_y, self.config["batch_size"] or 1, self.config["seed"])
+            targets = retrieval.method_for(self.config, arrays.num_classes).targets(arrays.train_y)  # what fit is given
+            self.input_seconds = input_pipeline_seconds(arrays.train_x, targets, self.config["batch_size"], self.config["seed"])
             self.rows, self.step_seconds, self.train_seconds = [], [], 0.0
             self.compile_seconds = 0.0
             self.scorer = retrieval.scoring_model(self.model)  # built once: its predict step compiles once

@@ -29,6 +29,8 @@ def main(argv=None):
     parser.add_argument("run", help="a finished run folder (config.json and model.keras)")
     parser.add_argument("--val-size", type=int, default=None, help="score N held-out training images instead of the run's queries (default: the run's own)")
     args = parser.parse_args(argv)
+    if args.val_size is not None and args.val_size < 1:
+        parser.error(f"--val-size must be at least 1, got {args.val_size}")
     run = Path(args.run)
     if not (run / rundir.MODEL_FILE).is_file() or not (run / rundir.CONFIG_FILE).is_file():
         parser.error(f"{run} is not a finished run: it needs {rundir.CONFIG_FILE} and {rundir.MODEL_FILE}")
@@ -37,7 +39,11 @@ def main(argv=None):
     config.setdefault("protocol", protocols.default_protocol(config["dataset"]))
     if args.val_size is not None:
         config["val_size"] = args.val_size
-    print(json.dumps(measure(config, run / rundir.MODEL_FILE)))
+    try:
+        report = measure(config, run / rundir.MODEL_FILE)
+    except retrieval.USAGE_ERRORS as error:
+        parser.error(str(error))
+    print(json.dumps(report))
     return 0
 
 
@@ -51,6 +57,8 @@ def measure(config, model_path):
     import train  # noqa: F401  (registers the optimisers)
 
     arrays = retrieval.load_arrays(config)
+    if arrays.train_x.shape[-1] != 3:
+        raise retrieval.UsageError("flip test-time augmentation applies to colour images only; this run's are grey")
     top = retrieval.resolve_top(config.get("top"), len(arrays.db_y), arrays.split.top)[0]
     scorer = retrieval.scoring_model(keras.saving.load_model(model_path))
     report = {"model": str(model_path), "num_queries": len(arrays.query_y), "num_database": len(arrays.db_y),

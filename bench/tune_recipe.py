@@ -50,19 +50,26 @@ def main(argv=None):
     unknown = [name for name in args.candidates if name not in CANDIDATES]
     if unknown:
         parser.error(f"--candidates must be among {', '.join(CANDIDATES)}, got {', '.join(unknown)}")
-    if args.val_size < 1:
-        parser.error(f"--val-size must be at least 1, got {args.val_size}")
+    for flag, value in (("--val-size", args.val_size), ("--timeout", args.timeout)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    for bits in args.bits:
+        if not 8 <= bits <= 256:
+            parser.error(f"--bits must be between 8 and 256, got {bits}")
+    taken = [flag for flag in ("-l", "--bits", "--val-size", "--recipe") if flag in args.extra]
+    if taken:
+        parser.error(f"{taken[0]} after -- is this command's to set: use its own --bits and --val-size")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     common = ["--recipe", "fast"] + (["--data-dir", args.data_dir] if args.data_dir else [])
 
     validation = {}
     for name in args.candidates:
-        flags = [*common, *CANDIDATES[name], *args.extra, "-l", str(VALIDATION_BITS), "--val-size", str(args.val_size)]
+        flags = [*common, *CANDIDATES[name], "-l", str(VALIDATION_BITS), "--val-size", str(args.val_size), *args.extra]
         # Only the final codes are compared: one evaluation, after the last epoch.
         validation[name] = run_bench(flags, ["--eval-every", "1000"], out_dir, f"validation {name}", args.timeout)
     chosen = max(validation, key=lambda name: (final_map(validation[name]), -validation[name]["train_seconds"]))
-    tests = {bits: run_bench([*common, *CANDIDATES[chosen], *args.extra, "-l", str(bits)], [], out_dir, f"test {chosen} {bits} bits", args.timeout) for bits in args.bits}
+    tests = {bits: run_bench([*common, *CANDIDATES[chosen], "-l", str(bits), *args.extra], [], out_dir, f"test {chosen} {bits} bits", args.timeout) for bits in args.bits}
 
     print(f"\nvalidation ({args.val_size} held-out training images as queries, {VALIDATION_BITS} bits):")
     for name, report in validation.items():

@@ -89,7 +89,8 @@ def test_the_fast_settings_train_end_to_end_and_are_recorded(tiny_tree, tmp_path
     assert (config["recipe"], config["augment"], config["tta"], config["label_smoothing"]) == ("fast", "crop-flip", True, 0.1)
     metrics = rundir.read_json(out / rundir.METRICS_FILE)
     assert metrics["recipe"] == "fast" and metrics["label_smoothing"] == 0.1
-    assert metrics["jit_compile"] is False  # TensorFlow on a CPU: Keras compiles with XLA on GPUs only
+    # Keras compiles with XLA on JAX, and on TensorFlow only with a GPU.
+    assert metrics["jit_compile"] is (keras.backend.backend() == "jax")
     encoder = keras.saving.load_model(out / rundir.MODEL_FILE)
     assert encoder.get_layer("stem").filters == 4
     assert isinstance(encoder.get_layer("random_shift"), models.RandomShift)
@@ -189,15 +190,16 @@ def test_flip_tta_averages_an_image_and_its_mirror_image():
 # --- bench/train_bench.py -----------------------------------------------------------------
 
 
-def load_train_bench():
-    spec = importlib.util.spec_from_file_location("train_bench", REPO_ROOT / "bench" / "train_bench.py")
+def load_bench(name):
+    """A script of bench/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_train_bench_scores_every_epoch_and_reports_when_each_threshold_was_reached(tiny_tree, tmp_path, capsys):
-    train_bench = load_train_bench()
+    train_bench = load_bench("train_bench")
     report_file = tmp_path / "report.json"
     argv = ["--json", str(report_file), "--data-dir", str(tiny_tree), "--arch", "dbr", "-l", "12", "-e", "3", "--batch-size", "16"]
     assert train_bench.main(argv) == 0
@@ -215,33 +217,46 @@ def test_train_bench_scores_every_epoch_and_reports_when_each_threshold_was_reac
     assert report["recipe"] == "classic" and report["num_queries"] == 32
 
 
-def test_train_bench_refuses_bad_flags_with_exit_2(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_train_bench().main(["--eval-every", "0"])
-    assert exit_info.value.code == 2
-    assert "--eval-every must be at least 1, got 0" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
+        (["-e", "0"], "--epochs must be at least 1 to time an epoch, got 0"),
+        (["--resume"], "--resume does not apply: the benchmark times a whole training"),
+        (["--data-dir", "/nonexistent"], "train_bench.py: error: The path does not exist"),
+    ],
+)
+def test_train_bench_refuses_bad_flags_with_exit_2(capsys, argv, message):
+    fails_with(capsys, argv, message, main=load_bench("train_bench").main)
 
 
 def test_tune_recipe_refuses_unknown_candidates_with_exit_2(capsys, tmp_path):
-    spec = importlib.util.spec_from_file_location("tune_recipe", REPO_ROOT / "bench" / "tune_recipe.py")
-    tune_recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune_recipe)
-    with pytest.raises(SystemExit) as exit_info:
-        tune_recipe.main(["--out-dir", str(tmp_path), "--candidates", "fast", "slow"])
-    assert exit_info.value.code == 2
-    assert "--candidates must be among fast, fast-dlbhc, fast-wide, got slow" in capsys.readouterr().err
+    tune_recipe = load_bench("tune_recipe")
+    argv = ["--out-dir", str(tmp_path), "--candidates", "fast", "slow"]
+    fails_with(capsys, argv, "--candidates must be among fast, fast-dlbhc, fast-wide, got slow", main=tune_recipe.main)
     assert not (tmp_path / "reports.jsonl").exists()
 
 
 def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_path, capsys):
     out = tmp_path / "run"
     assert retrieval.main(tiny_argv(tiny_tree, out, "-e", "1")) == 0
-    spec = importlib.util.spec_from_file_location("tta_bench", REPO_ROOT / "bench" / "tta_bench.py")
-    tta_bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tta_bench)
+    tta_bench = load_bench("tta_bench")
     capsys.readouterr()
     assert tta_bench.main([str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
     # Without flips, the bench reproduces the run's own score.
     assert report["plain"]["mAP@120"] == pytest.approx(rundir.read_json(out / rundir.METRICS_FILE)["mAP@120"], abs=1e-4)
     assert 0 <= report["tta"]["mAP@120"] <= 1 and report["query_source"] == "test"
+
+
+def test_flip_tta_mirrors_in_chunks_with_the_same_result(monkeypatch):
+    encoder = models.build_encoder("dbr", (16, 16, 3), 8)
+    images = np.random.default_rng(0).integers(0, 255, size=(10, 16, 16, 3)).astype("uint8")
+    whole = models.predict_with_flips(encoder, images, 4)
+    monkeypatch.setattr(models, "TTA_CHUNK", 3)  # 4 chunks, the last of 1 image
+    np.testing.assert_allclose(models.predict_with_flips(encoder, images, 4), whole, rtol=1e-6)
+    assert whole.shape == (10, 8)
+
+
+def test_the_cli_names_the_augmentations_models_builds():
+    assert retrieval.AUGMENTATIONS == models.AUGMENTATIONS
