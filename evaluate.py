@@ -148,13 +148,18 @@ def _to_words(codes, word_dtype):
     return np.pad(codes, ((0, 0), (0, padding))).view(word_dtype)
 
 
+def _check_matrix(array, name, kind, columns):
+    """Refuses anything but a 2-D array with at least one column (`columns` names them in the message)."""
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise ValueError(
+            f"`{name}` must be a 2-D {kind} of shape [n, {columns}] with {columns} >= 1. "
+            f"Received: {name}.shape={array.shape}"
+        )
+
+
 def _check_bits(bits, name):
     bits = np.asarray(bits)
-    if bits.ndim != 2 or bits.shape[1] == 0:
-        raise ValueError(
-            f"`{name}` must be a 2-D array of shape [n, L] with L >= 1. "
-            f"Received: {name}.shape={bits.shape}"
-        )
+    _check_matrix(bits, name, "array", "L")
     invalid = (bits != 0) & (bits != 1)
     if invalid.any():
         raise ValueError(
@@ -171,11 +176,7 @@ def _check_codes(codes, name):
             f"`{name}` must be packed uint8 codes from `pack_bits`. "
             f"Received: {name}.dtype={codes.dtype}"
         )
-    if codes.ndim != 2 or codes.shape[1] == 0:
-        raise ValueError(
-            f"`{name}` must be a 2-D array of shape [n, code_size] with code_size >= 1. "
-            f"Received: {name}.shape={codes.shape}"
-        )
+    _check_matrix(codes, name, "array", "code_size")
     return codes
 
 
@@ -223,11 +224,7 @@ def _check_labels(query_labels, db_labels, nq, ntotal):
 
 def _check_features(features, name):
     features = np.asarray(features)
-    if features.ndim != 2 or features.shape[1] == 0:
-        raise ValueError(
-            f"`{name}` must be a 2-D float array of shape [n, d] with d >= 1. "
-            f"Received: {name}.shape={features.shape}"
-        )
+    _check_matrix(features, name, "float array", "d")
     if features.dtype.kind not in "iuf":
         raise TypeError(
             f"`{name}` must hold real numbers (ranked as float32). "
