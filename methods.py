@@ -375,7 +375,17 @@ class ClassifierHead(HashingMethod):
         return {"label_smoothing": self.label_smoothing}
 
 
-class PairwiseLikelihood(HashingMethod):
+class SimilarityMethod(HashingMethod):
+    """A method whose loss compares the images of a batch by whether they share a label.
+
+    Its targets are `similarity_labels`: integer or multi-hot labels as multi-hot rows.
+    """
+
+    def targets(self, labels):
+        return similarity_labels(labels, self.num_classes)
+
+
+class PairwiseLikelihood(SimilarityMethod):
     """`dhn`: the latent layer trained with `PairwiseLikelihoodLoss` on ordinary shuffled batches.
 
     Args:
@@ -395,14 +405,11 @@ class PairwiseLikelihood(HashingMethod):
     def loss(self):
         return PairwiseLikelihoodLoss(self.quantization_weight)
 
-    def targets(self, labels):
-        return similarity_labels(labels, self.num_classes)
-
     def summary(self):
         return {"lambda": self.quantization_weight}
 
 
-class TripletRanking(HashingMethod):
+class TripletRanking(SimilarityMethod):
     """`dnnh`: the latent layer trained with `TripletRankingLoss` on batches of P classes x K images.
 
     `batch_classes = True` asks the training loop for class-balanced batches
@@ -424,9 +431,6 @@ class TripletRanking(HashingMethod):
 
     def loss(self):
         return TripletRankingLoss(self.margin)
-
-    def targets(self, labels):
-        return similarity_labels(labels, self.num_classes)
 
     def summary(self):
         return {"margin": self.margin}
