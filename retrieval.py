@@ -787,6 +787,20 @@ def _save_pr_curve(path, pr_curve, title):
         plot_pr_curve(pr_curve["precision"], pr_curve["recall"], temporary, title)
 
 
+def with_settings_added_since(saved, out):
+    """A run's saved config, completed with the settings added to the tool after it was saved.
+
+    Each takes the value the run had in effect: today's default, except the
+    recipe (`classic`, the only one there was) and the protocol (its dataset's default).
+    """
+    added = {key: value for key, value in resolve_args(build_parser().parse_args(["--out", str(out)])).items() if key not in saved}
+    if "recipe" in added:
+        added["recipe"] = recipes.CLASSIC
+    if "protocol" in added:
+        added["protocol"] = protocols.default_protocol(saved["dataset"])
+    return {**saved, **added}
+
+
 def _resumed_config(args):
     """The saved config of the run to resume; the other flags given are ignored (the run's own apply)."""
     if args.out is None:
@@ -794,7 +808,7 @@ def _resumed_config(args):
     if args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pick one")
     rundir.check_out_dir(args.out, resume=True)
-    config = rundir.read_json(Path(args.out) / rundir.CONFIG_FILE)
+    config = with_settings_added_since(rundir.read_json(Path(args.out) / rundir.CONFIG_FILE), args.out)
     if config.get("num_processes", 1) > 1:
         raise UsageError(f"--resume: {args.out} was trained by {config['num_processes']} processes, which cannot be resumed; start it again")
     return config

@@ -19,8 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import protocols  # noqa: E402  (after the path: the bench runs from anywhere)
-import retrieval  # noqa: E402
+import retrieval  # noqa: E402  (after the path: the bench runs from anywhere)
 import rundir  # noqa: E402
 
 
@@ -34,9 +33,7 @@ def main(argv=None):
     run = Path(args.run)
     if not (run / rundir.MODEL_FILE).is_file() or not (run / rundir.CONFIG_FILE).is_file():
         parser.error(f"{run} is not a finished run: it needs {rundir.CONFIG_FILE} and {rundir.MODEL_FILE}")
-    config = rundir.read_json(run / rundir.CONFIG_FILE)
-    # Runs saved before protocols were recorded were evaluated under their dataset's default one.
-    config.setdefault("protocol", protocols.default_protocol(config["dataset"]))
+    config = retrieval.with_settings_added_since(rundir.read_json(run / rundir.CONFIG_FILE), run)
     if args.val_size is not None:
         config["val_size"] = args.val_size
     try:

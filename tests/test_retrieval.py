@@ -265,3 +265,17 @@ def test_mnist_from_the_offline_copy(shared_datasets, tmp_path):
     metrics = json.loads((out / rundir.METRICS_FILE).read_text())
     assert metrics["num_database"] == 1000 and metrics["num_queries"] == 200
     assert metrics["mAP@1000"] > 0.5  # chance is about 0.1
+
+
+def test_a_run_saved_by_an_earlier_version_resumes_with_the_settings_it_had(tiny_tree, tmp_path):
+    out = tmp_path / "old"
+    config = tiny_config(tiny_tree, out, epochs=1)
+    rundir.check_out_dir(out)
+    with pytest.raises(KeyboardInterrupt):
+        retrieval.run(config, verbose=0, callbacks=[KillAfterEpoch(0)])
+    saved = rundir.read_json(out / rundir.CONFIG_FILE)
+    old = {key: value for key, value in saved.items() if key not in ("protocol", "recipe", "width", "tta", "devices")}
+    (out / rundir.CONFIG_FILE).write_text(json.dumps(old))  # as written before those settings existed
+    assert retrieval.main(["--resume", "--out", str(out), "-s", "0"]) == 0
+    metrics = rundir.read_json(out / rundir.METRICS_FILE)
+    assert (metrics["protocol"], metrics["recipe"]) == ("dlbhc", "classic")
