@@ -33,6 +33,23 @@ def test_round_trip(tmp_path):
         index.position_of("nope")
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_features_are_read_whole_once_when_small_and_row_by_row_otherwise(tmp_path, monkeypatch, in_memory):
+    path = tmp_path / "index.h5"
+    features = np.random.default_rng(1).normal(size=(10, 4))
+    _write(path, features=features)
+    monkeypatch.setattr(index_file, "FEATURES_IN_MEMORY_BYTES", 10**6 if in_memory else 0)
+    index = index_file.read_index(path)
+    np.testing.assert_allclose(index.features([7, 2, 7]), features[[7, 2, 7]], atol=1e-2)
+    path.unlink()  # later reads come from memory, or fail on the missing file
+    if in_memory:
+        np.testing.assert_allclose(index.features([5]), features[[5]], atol=1e-2)
+        assert index.features().shape == (10, 4)
+    else:
+        with pytest.raises(index_file.IndexFileError):
+            index.features([5])
+
+
 def test_write_rejects_codes_of_the_wrong_width(tmp_path):
     with pytest.raises(ValueError, match=r"shape \[n, 2\] for 12 bits\. Received: codes.shape=\(3, 3\)"):
         index_file.write_index(tmp_path / "i.h5", np.zeros((3, 3), np.uint8), ["a", "b", "c"], 12, "fp")
