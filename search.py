@@ -44,6 +44,7 @@ DEFAULT_K = 10
 ENCODE_BATCH_SIZE = 512
 DECODE_CHUNK = 2048  # folder images decoded and encoded this many at a time, bounding memory
 GRID_IMAGE_SIZE = 96  # pixels, the side of each folder image drawn in the grid
+DATASET_ORDER_SEED = 0  # the seed of the order `encode --dataset` stores a dataset in
 FALLBACK_INPUT_SIZE = data.DEFAULT_IMAGE_SIZE  # for a model whose input size is not fixed
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -199,10 +200,13 @@ def _dataset_items(name, data_dir, split, encoder):
     labels = getattr(dataset, f"y_{split}")
     if images.shape[1:3] != _input_size_pair(encoder) or images.shape[-1] != _channels(encoder):
         raise UsageError(f"--dataset {name}: its images are {images.shape[1:]}, the model takes {tuple(encoder.input_shape[1:])}")
-    ids = [f"{name}/{split}/{position}" for position in range(len(images))]
+    # Stored in a seeded random order, as retrieval.py's database (protocols.shuffled): equal Hamming
+    # distances go to the lower position, and offline copies list their images class by class.
+    order = np.random.default_rng(DATASET_ORDER_SEED).permutation(len(images))
+    ids = [f"{name}/{split}/{position}" for position in order]
     attrs = {"source": "dataset", "dataset": name, "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
              "class_names": list(dataset.class_names)}
-    return ids, images, labels, attrs
+    return ids, images[order], labels[order], attrs
 
 
 def _load_dataset(name, data_dir):

@@ -33,12 +33,12 @@ Three measurements, each against a target of issue 4:
 3. `--rerank`: 1,000 seeded test images encoded as image queries are (`search._encode_queries`,
    codes and the index's stored feature layer). Per query, the exact engine's Hamming top-N
    (N = `--rerank-n`, default 1000) and then `search._rerank` (the `query --rerank N` path: the N
-   candidates' stored float16 features read from the file, ordered by Euclidean distance) keeping
+   candidates' stored float16 features, ordered by Euclidean distance) keeping
    the top 1000. mAP@1000 (DLBHC's, `evaluate._metric_sums`) of both lists; the added time is the
-   `_rerank` call per query. The train split is stored in the tarball's class-sorted order, so
-   items at equal Hamming distance are ranked by position, hence by class: the stored order is
-   reported (`stored`, what `search.py` returns on this file), and the same database in a seeded
-   shuffled order (`shuffled`, features in memory), which removes that ordering's effect. Only the
+   `_rerank` call per query. Items at equal Hamming distance are ranked by position, so the
+   database order moves the Hamming mAP: `encode --dataset` stores the split in a seeded random
+   order (`stored`, what `search.py` returns on this file), and the same database in a second
+   seeded order (`shuffled`, features in memory) shows how much another order moves it. Only the
    stored rows time what `query --rerank` costs through `index.Index` (`features_read_from`:
    `index`, which reads small feature sets whole on first use: `rerank_added_ms_first_query`
    holds that read); the shuffled rows' times are of a permuted copy already in memory.

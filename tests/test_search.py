@@ -251,3 +251,22 @@ def test_tta_index_holds_flip_averaged_codes_and_image_queries_match_them(capsys
     assert not np.array_equal(plain, index.codes[:4])  # mirroring changed some codes of this untrained model
     report = _query_json(capsys, "--index", str(path), "--model", models_dir["model"], str(tiny_tree / "test" / "circle" / "001.png"), "-k", "1")
     assert report["queries"][0]["results"][0]["distance"] == 0  # the query is encoded as the index was
+
+
+def test_a_dataset_is_indexed_in_a_seeded_random_order_with_its_own_ids(capsys, models_dir, tiny_tree, tmp_path):
+    import keras
+
+    import data
+    import models
+
+    path = tmp_path / "dataset.h5"
+    assert search.main(["encode", "--model", models_dir["model"], "--dataset", "cifar10", "--data-dir", str(tiny_tree), "--out", str(path)]) == 0
+    index = index_file.read_index(path)
+    positions = [int(item.rsplit("/", 1)[1]) for item in index.ids()]
+    assert sorted(positions) == list(range(120)) and positions != sorted(positions)  # shuffled, each image once
+    dataset = data.load_dataset("cifar10", data_dir=str(tiny_tree))
+    np.testing.assert_array_equal(index.labels(), dataset.y_train[positions])
+    latent = models.predict(keras.saving.load_model(models_dir["model"]), dataset.x_train[positions], 64)
+    np.testing.assert_array_equal(index.codes, evaluate.pack_bits(latent > models.BIT_THRESHOLD))
+    report = _query_json(capsys, "--index", str(path), "--query-id", index.ids()[5], "-k", "1")
+    assert report["queries"][0]["results"][0]["distance"] == 0
