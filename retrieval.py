@@ -107,7 +107,7 @@ def build_parser():
     add("--images-per-class", type=int, default=None, help=f"--method dnnh: K, images of each class per batch, 2 or more (default: {DEFAULTS['images_per_class']})")
     add("--schedule", default=None, help=f"learning rate schedule: constant, or cosine (5%% linear warm-up, then cosine decay to 0) (default: the recipe's, {_recipe_defaults('schedule')})")
     add("--lr", type=float, default=None, help=f"(peak) learning rate (default: the recipe's, {_recipe_defaults('lr')}; none: the optimizer's own, see --optimizer)")
-    add("--recipe", default=DEFAULTS["recipe"], help=f"the defaults of every training setting below it is named in: {', '.join(recipes.RECIPES)}, or auto: fast on a GPU, classic on a CPU; flags given explicitly win; see recipes.py (default: %(default)s)")
+    add("--recipe", default=DEFAULTS["recipe"], help=f"where the training settings whose help says 'the recipe's' take their defaults: {', '.join(recipes.RECIPES)}, or auto (fast on a GPU, classic on a CPU); flags given explicitly win; see recipes.py (default: %(default)s)")
     add("--weight-decay", type=float, default=None, help=f"decoupled weight decay of the optimizer, 0 or more (default: the recipe's, {_recipe_defaults('weight_decay')})")
     add("--width", type=int, default=None, help=f"--arch resnet: channels of its first stage, each later stage doubles them (default: the recipe's, {_recipe_defaults('width')})")
     add("--augment", default=None, help=f"training-time augmentation inside the model: none, flip (colour images mirrored), crop-flip (also shifted up to 1/8 of the side) (default: the recipe's, {_recipe_defaults('augment')}; none: flip, none for --arch dbr)")
