@@ -199,8 +199,7 @@ class Placement:
         """The arguments of `train.fit_resumable` for arrays, and the number of steps per epoch."""
         import batches
 
-        if self.backend == "jax" and self.distributed:
-            self.check_batch(batch_size)
+        if self.backend == "jax" and self.distributed:  # batch_size checked by run (check_batch)
             sharded = batches.ShardedBatches(x, y, batch_size, self.replicas, self.num_processes, self.process_id, seed)
             return {"x": sharded}, len(sharded)
         if self.holds_data_on_device(x.nbytes + y.nbytes):

@@ -608,7 +608,7 @@ def _resolve_recipe(config, colour):
         raise UsageError("--tta averages each image with its mirror image: it applies to colour images only")
     import train  # imports Keras: only now, once the arguments and the data are known to be good
 
-    recipe = recipes.choose(config.get("recipe") or recipes.CLASSIC, gpu=train.gpu_count() > 0)
+    recipe = recipes.choose(config["recipe"], gpu=train.gpu_count() > 0)
     return recipes.fill(config, recipe, colour)
 
 
