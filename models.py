@@ -9,6 +9,13 @@ Trained from scratch (any channel count; pixels scaled to [0, 1] inside):
 - `dbr`: the DeepBinaryRepre CNN (Lu et al. 2017), layer for layer.
 - `resnet`: a small residual CNN (batch norm, three stages), stronger and slower;
   `width` sets its first stage's channels (the others double).
+- `speedrun`: the CIFAR-10 speed-run network (the shape of airbench's, Jordan
+  2024): a frozen patch-whitening 2x2 convolution, then three blocks of
+  [conv3x3, max pool, batch norm, GELU, conv3x3, batch norm, GELU], their
+  3x3 convolutions identity-initialised, batch norm with fast momentum and no
+  scale weights; `width` sets the first block's channels (the others are 4x).
+  Its whitening layer is fitted to the training images before training
+  (`adapt_to_images`).
 
 `keras.applications` backbones (`APPLICATIONS`: `resnet50`, `mobilenetv2`,
 `efficientnetb0`, `vgg16`), optionally with ImageNet weights, as DLBHC
@@ -44,12 +51,26 @@ EXTRA_LAYER_UNITS = 512
 # Channels of the residual CNN's first stage; each later stage doubles them.
 RESNET_WIDTH = 32
 RESNET_STAGES = 3
+# The speed-run network: channels of its first block (the second and third have
+# SPEEDRUN_GROWTH times as many), batch norm momentum (Keras's: the share of the
+# old moving statistics kept each step; airbench's 0.6), and the side of the
+# whitened patches.
+SPEEDRUN_WIDTH = 32
+SPEEDRUN_GROWTH = 4
+SPEEDRUN_BATCH_NORM_MOMENTUM = 0.6
+WHITENING_PATCH = 2
+# Added to the patch covariance's eigenvalues before whitening, so near-constant directions stay finite.
+WHITENING_EPSILON = 5e-4
+# Images the whitening layer's patch statistics are computed from (adapt_to_images).
+WHITENING_IMAGES = 5000
 # Training-time augmentation inside the model, so it runs on the accelerator within the
 # compiled step: "flip" mirrors colour images left-right (digits are never mirrored),
 # "crop-flip" also shifts every image by up to `CROP_PADDING_FRACTION` of its side.
-AUGMENTATIONS = ("none", "flip", "crop-flip")
+# "light-crop-flip" shifts by up to `LIGHT_CROP_PADDING_FRACTION` (2 pixels on 32), as the speed-runs do.
+AUGMENTATIONS = ("none", "flip", "crop-flip", "light-crop-flip")
 DEFAULT_AUGMENTATION = {"dbr": "none"}  # the original CNN trained on plain images; the rest: "flip"
 CROP_PADDING_FRACTION = 1 / 8  # 4 pixels on CIFAR-10's 32, the usual CIFAR padding
+LIGHT_CROP_PADDING_FRACTION = 1 / 16
 # Images mirrored at a time for flip test-time augmentation (predict_with_flips).
 TTA_CHUNK = 8192
 # PyTorch's default. Keras's 0.99 averages over ~100 steps of fast-changing
@@ -80,7 +101,9 @@ APPLICATIONS = {
     "efficientnetb0": Application(keras.applications.EfficientNetB0, 224, "none"),
     "vgg16": Application(keras.applications.VGG16, 224, "caffe"),
 }
-SCRATCH_ARCHS = ("dbr", "resnet")
+SCRATCH_ARCHS = ("dbr", "resnet", "speedrun")
+# Archs whose channel count `width` sets.
+WIDTH_ARCHS = ("resnet", "speedrun")
 ARCHS = (*SCRATCH_ARCHS, *APPLICATIONS)
 # The smallest input keras.applications accepts for these networks without their classifier.
 MIN_INPUT_SIZE = 32
@@ -119,8 +142,8 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
         augment: training-time augmentation, one of `AUGMENTATIONS`; active
             only in training (`fit`), never when encoding. Defaults to `None`:
             `DEFAULT_AUGMENTATION` for `arch`, else `"flip"`.
-        width: `resnet` only: channels of its first stage, positive. Defaults
-            to `None` (`RESNET_WIDTH`).
+        width: `resnet` and `speedrun` only: channels of the first stage,
+            positive. Defaults to `None` (`RESNET_WIDTH`, `SPEEDRUN_WIDTH`).
 
     Returns:
         A `keras.Model` mapping `[batch, *input_shape]` pixels in 0..255 to
@@ -133,8 +156,8 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
     """
     if arch not in ARCHS:
         raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={arch!r}")
-    if width is not None and arch != "resnet":
-        raise ValueError(f"`width` applies to arch='resnet' only. Received: arch={arch!r}, width={width!r}")
+    if width is not None and arch not in WIDTH_ARCHS:
+        raise ValueError(f"`width` applies to arch {WIDTH_ARCHS} only. Received: arch={arch!r}, width={width!r}")
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = _augmentation(inputs, DEFAULT_AUGMENTATION.get(arch, "flip") if augment is None else augment)
     if arch in APPLICATIONS:
@@ -147,7 +170,7 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
                     f"not to arch={arch!r}, which trains from scratch. Received: {name}={value!r}"
                 )
         x = layers.Rescaling(1.0 / 255, name="scale_to_unit")(x)
-        x = _dbr_trunk(x) if arch == "dbr" else _resnet_trunk(x, RESNET_WIDTH if width is None else width)
+        x = _scratch_trunk(x, arch, width)
     if extra_layer:
         x = layers.Dense(EXTRA_LAYER_UNITS, activation="relu", name="extra_dense")(x)
     # float32 so the codes stay exact under mixed precision.
@@ -217,6 +240,15 @@ def _dbr_trunk(x):
     return layers.Dropout(0.5, name="dropout_dense")(x)
 
 
+def _scratch_trunk(x, arch, width):
+    """The trunk of an arch trained from scratch, from pixels in [0, 1] to one feature vector."""
+    if arch == "dbr":
+        return _dbr_trunk(x)
+    if arch == "resnet":
+        return _resnet_trunk(x, RESNET_WIDTH if width is None else width)
+    return _speedrun_trunk(x, SPEEDRUN_WIDTH if width is None else width)
+
+
 def _augmentation(inputs, augment):
     """Applies `augment` (one of `AUGMENTATIONS`) to raw pixels; identity outside training.
 
@@ -226,8 +258,9 @@ def _augmentation(inputs, augment):
     if augment not in AUGMENTATIONS:
         raise ValueError(f"`augment` must be one of {AUGMENTATIONS}. Received: augment={augment!r}")
     x = inputs
-    if augment == "crop-flip":
-        padding = max(1, round(min(inputs.shape[1:3]) * CROP_PADDING_FRACTION))
+    if augment in ("crop-flip", "light-crop-flip"):
+        fraction = CROP_PADDING_FRACTION if augment == "crop-flip" else LIGHT_CROP_PADDING_FRACTION
+        padding = max(1, round(min(inputs.shape[1:3]) * fraction))
         x = RandomShift(padding, name="random_shift")(x)
     if augment != "none" and inputs.shape[-1] == 3:
         x = layers.RandomFlip("horizontal", name="random_flip")(x)
@@ -248,6 +281,53 @@ def _resnet_trunk(x, width):
         x = _conv_bn_relu(x, filters, f"stage{stage}_res2")
         x = layers.Add(name=f"stage{stage}_add")([shortcut, x])
     return layers.GlobalAveragePooling2D(name="global_pool")(x)
+
+
+def _speedrun_trunk(x, width):
+    """The speed-run network up to its global max pool (see the module docstring)."""
+    if not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
+    x = PatchWhitening(name="whitening")(x)
+    x = layers.Activation("gelu", name="whitening_gelu")(x)
+    for block, filters in enumerate((width, width * SPEEDRUN_GROWTH, width * SPEEDRUN_GROWTH), start=1):
+        x = _identity_conv(x, filters, f"block{block}_conv1")
+        x = layers.MaxPooling2D(2, padding="same", name=f"block{block}_pool")(x)
+        x = _speedrun_norm_gelu(x, f"block{block}_norm1")
+        x = _identity_conv(x, filters, f"block{block}_conv2")
+        x = _speedrun_norm_gelu(x, f"block{block}_norm2")
+    return layers.GlobalMaxPooling2D(name="global_pool")(x)
+
+
+def _identity_conv(x, filters, name):
+    return layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=PartialIdentity(), name=name)(x)
+
+
+def _speedrun_norm_gelu(x, name):
+    """Batch norm with a learnt bias but no scale (a GELU after it needs none), then GELU."""
+    x = layers.BatchNormalization(
+        momentum=SPEEDRUN_BATCH_NORM_MOMENTUM, scale=False, synchronized=synchronized_batch_norm, name=f"{name}_bn"
+    )(x)
+    return layers.Activation("gelu", name=f"{name}_gelu")(x)
+
+
+def is_norm_bias(variable_path):
+    """Whether a variable (by its `.path`) is a batch norm's bias, which the speed-run recipe trains faster."""
+    return variable_path.endswith("_bn/beta")
+
+
+def adapt_to_images(model, images):
+    """Fits every `PatchWhitening` layer of `model` to `images` (raw 0..255 pixels); no-op without one.
+
+    The whitening layer sees the pixels scaled to [0, 1], as in the model, and
+    its statistics come from a fixed random draw of `WHITENING_IMAGES` of
+    `images` (a training set may come sorted by class).
+    """
+    whitening = [layer for layer in model._flatten_layers() if isinstance(layer, PatchWhitening)]
+    if whitening:
+        draw = np.random.default_rng(0).permutation(len(images))[:WHITENING_IMAGES]
+        sample = np.asarray(images[np.sort(draw)], dtype="float32") / 255.0
+        for layer in whitening:
+            layer.adapt(sample)
 
 
 def _conv_bn_relu(x, filters, name):
@@ -371,7 +451,7 @@ class Backbone(layers.Layer):
     (`Conv1/kernel`), and after `keras.saving.load_model` they lose any name
     scope they were built under. This layer rebuilds its network under its own
     name scope when loaded, so `backbone/Conv1/kernel` stays the same across
-    save and load, and the optimiser (`train.BackboneRateMixin`) can find the
+    save and load, and the optimiser (`train.RateScaleMixin`) can find the
     backbone's variables by path. A frozen backbone (`trainable = False`) runs
     in inference mode: batch norm on its moving statistics, no dropout.
 
@@ -453,3 +533,83 @@ class RandomShift(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "padding": self.padding, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class PartialIdentity(keras.initializers.Initializer):
+    """A 3x3 convolution kernel whose first output channels copy the input channels; the rest He-uniform.
+
+    The speed-runs' "dirac" initialisation: at the start each block passes its
+    input through unchanged in its first channels, so a deep stack of freshly
+    initialised convolutions starts close to the identity and trains faster.
+
+    Example:
+
+    >>> kernel = keras.ops.convert_to_numpy(PartialIdentity()((3, 3, 2, 4)))
+    >>> kernel[1, 1, :, :2].tolist(), float(kernel[0, 0, 0, 0])
+    ([[1.0, 0.0], [0.0, 1.0]], 0.0)
+    """
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        kernel = keras.ops.convert_to_numpy(keras.initializers.HeUniform(self.seed)(shape, dtype="float32"))
+        rows, columns, inputs, outputs = shape
+        copied = min(inputs, outputs)
+        kernel[:, :, :, :copied] = 0.0
+        kernel[rows // 2, columns // 2, np.arange(copied), np.arange(copied)] = 1.0
+        return keras.ops.convert_to_tensor(kernel, dtype=dtype)
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class PatchWhitening(layers.Layer):
+    """A frozen 2x2 convolution that whitens image patches: the speed-runs' first layer.
+
+    `adapt(images)` computes the covariance of every 2x2 patch of `images`,
+    and sets the kernel to its eigenvectors divided by the square roots of the
+    eigenvalues, each filter also negated (`+W` and `-W`, so a GELU after it
+    keeps both signs), and the bias so that the mean patch maps to zero. The
+    kernel never trains; the bias does. Until adapted the kernel is zero.
+
+    Example:
+
+    >>> images = np.random.default_rng(0).random((64, 8, 8, 3), dtype="float32")
+    >>> layer = PatchWhitening()
+    >>> layer.adapt(images)
+    >>> whitened = keras.ops.convert_to_numpy(layer(images)).reshape(-1, 24)[:, :12]
+    >>> bool(np.allclose(np.cov(whitened, rowvar=False), np.eye(12), atol=0.05))
+    True
+    """
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        dims = WHITENING_PATCH * WHITENING_PATCH * channels
+        self.kernel = self.add_weight(shape=(WHITENING_PATCH, WHITENING_PATCH, channels, 2 * dims), initializer="zeros", trainable=False, name="kernel")
+        self.bias = self.add_weight(shape=(2 * dims,), initializer="zeros", name="bias")
+
+    def adapt(self, images):
+        """Sets the kernel and bias from the 2x2 patches of `images` (a NumPy batch, as the layer will see it)."""
+        if not self.built:
+            self.build(images.shape)
+        size = WHITENING_PATCH
+        height, width = images.shape[1] - size + 1, images.shape[2] - size + 1
+        windows = [images[:, row : row + height, column : column + width, :] for row in range(size) for column in range(size)]
+        patches = np.stack(windows, axis=-2).reshape(-1, size * size * images.shape[-1]).astype("float64")  # kernel order
+        mean = patches.mean(axis=0)
+        eigenvalues, eigenvectors = np.linalg.eigh(np.cov(patches, rowvar=False))
+        filters = eigenvectors / np.sqrt(eigenvalues + WHITENING_EPSILON)
+        kernel = np.concatenate([filters, -filters], axis=1)
+        self.kernel.assign(kernel.reshape(size, size, images.shape[-1], -1).astype("float32"))
+        self.bias.assign((-mean @ kernel).astype("float32"))
+
+    def call(self, images):
+        return ops.conv(images, self.kernel, padding="valid") + self.bias
+
+    def compute_output_shape(self, input_shape):
+        size = WHITENING_PATCH
+        rows, columns = (None if side is None else side - size + 1 for side in input_shape[1:3])
+        return (input_shape[0], rows, columns, self.kernel.shape[-1] if self.built else 2 * size * size * input_shape[-1])

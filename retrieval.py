@@ -34,7 +34,7 @@ import rundir
 # they are repeated here so that parsing never imports Keras.
 # keras.applications backbones and the side of the square they resize images to (models.APPLICATIONS).
 APPLICATION_INPUT_SIZES = {"resnet50": 224, "mobilenetv2": 224, "efficientnetb0": 224, "vgg16": 224}
-ARCHS = ("dbr", "resnet", *APPLICATION_INPUT_SIZES)
+ARCHS = ("dbr", "resnet", "speedrun", *APPLICATION_INPUT_SIZES)
 MIN_BACKBONE_SIZE = 32  # the smallest input keras.applications takes for these networks
 WEIGHTS_NAMES = ("imagenet", "none")
 METHODS = ("dbr", "dlbhc", "dhn", "dnnh", "hadamard")
@@ -43,8 +43,8 @@ CLASS_BATCH_METHODS = ("dnnh",)
 # Methods that learn from multi-hot labels ("shares a label"), as methods.py says; the
 # others need one class per image, so `--dataset list:DIR` is refused for them.
 MULTI_LABEL_METHODS = ("dhn", "dnnh")
-SCHEDULES = ("constant", "cosine")
-AUGMENTATIONS = ("none", "flip", "crop-flip")  # models.AUGMENTATIONS
+SCHEDULES = ("constant", "cosine", "triangular")  # train.SCHEDULES
+AUGMENTATIONS = ("none", "flip", "crop-flip", "light-crop-flip")  # models.AUGMENTATIONS
 OPTIMIZER_NAMES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam"}
 CODE_TYPE_NAMES = {"1": "origin", "origin": "origin", "2": "hamming74", "hamming74": "hamming74"}
 MIN_BITS, MAX_BITS = 8, 256
@@ -53,8 +53,8 @@ DEFAULT_TOP = 1000
 DEFAULTS = {
     "bits": 48,
     "top": DEFAULT_TOP,
-    "arch": "resnet",
-    "method": "dbr",
+    "arch": "speedrun",
+    "method": None,  # recipes.default_method(arch): dbr for --arch dbr, else dlbhc
     "lambda": 1.0,
     "classes_per_batch": 8,
     "images_per_class": 4,
@@ -94,25 +94,28 @@ def build_parser():
     add("--image-size", type=int, default=None, help=f"folder:/list: data: side in pixels of the square every image is resized (shorter side) and centre-cropped to, {data.MIN_IMAGE_SIZE}..{data.MAX_IMAGE_SIZE} (default: {data.DEFAULT_IMAGE_SIZE})")
     add("--test-fraction", type=float, default=None, help=f"folder:PATH without train/ and test/: share of each class drawn (seeded, stratified) as test images (default: {data.DEFAULT_TEST_FRACTION})")
     add("--image-root", default=None, help="list:DIR data: the folder the list files' image paths are relative to (default: DIR)")
-    add("--arch", default=DEFAULTS["arch"], help=f"network: dbr or resnet (trained from scratch), or a keras.applications backbone: {', '.join(APPLICATION_INPUT_SIZES)} (default: %(default)s)")
+    add("--arch", default=DEFAULTS["arch"], help=f"network: speedrun, dbr or resnet (trained from scratch), or a keras.applications backbone: {', '.join(APPLICATION_INPUT_SIZES)} (default: %(default)s)")
     add("--weights", default=None, help="keras.applications archs: imagenet (downloaded once by Keras), none (random initialisation), or the path of a .h5 weights file, e.g. the ImageNet file copied to a machine without internet (default: imagenet; none for dbr and resnet)")
     add("--freeze-backbone", action="store_true", help="keras.applications archs: train only the layers after the backbone; the backbone keeps its weights and runs in inference mode (batch norm, dropout)")
     add("--backbone-lr-scale", type=float, default=None, help=f"keras.applications archs: the backbone's learning rate as a multiple of the rest's, positive (default: {DEFAULTS['backbone_lr_scale']} with pretrained weights, 1 with --weights none)")
     add("--backbone-size", type=int, default=None, help=f"keras.applications archs: side of the square the model resizes every image to before the backbone, at least {MIN_BACKBONE_SIZE} (default: the backbone's own, 224)")
-    add("--method", default=DEFAULTS["method"], help=f"training method: {' or '.join(METHODS)} (default: %(default)s)")
+    add("--method", default=DEFAULTS["method"], help=f"training method: {' or '.join(METHODS)} (default: dbr with --arch dbr, else dlbhc)")
     add("--batch-size", type=int, default=None, help=f"training batch size; not with --method dnnh, whose batches are --classes-per-batch x --images-per-class images (default: the recipe's, {_recipe_defaults('batch_size')})")
     add("--lambda", dest="lambda_", type=float, default=None, help=f"--method dhn: weight of the quantisation penalty, 0 or more (default: {DEFAULTS['lambda']})")
     add("--margin", type=float, default=None, help="--method dnnh: triplet margin on the relaxed codes in [-1, 1], positive (default: bits/4)")
     add("--classes-per-batch", type=int, default=None, help=f"--method dnnh: P, distinct classes per batch, 2 or more (default: {DEFAULTS['classes_per_batch']}, or the number of classes if fewer)")
     add("--images-per-class", type=int, default=None, help=f"--method dnnh: K, images of each class per batch, 2 or more (default: {DEFAULTS['images_per_class']})")
-    add("--schedule", default=None, help=f"learning rate schedule: constant, or cosine (5%% linear warm-up, then cosine decay to 0) (default: the recipe's, {_recipe_defaults('schedule')})")
+    add("--schedule", default=None, help=f"learning rate schedule: constant, cosine (5%% linear warm-up, then cosine decay to 0), or triangular (linear from 0.2x up to the peak at 23%% of the steps, then down to 0) (default: the recipe's, {_recipe_defaults('schedule')})")
     add("--lr", type=float, default=None, help=f"(peak) learning rate (default: the recipe's, {_recipe_defaults('lr')}; none: the optimizer's own, see --optimizer)")
-    add("--recipe", default=DEFAULTS["recipe"], help=f"where the training settings whose help says 'the recipe's' take their defaults: {', '.join(recipes.RECIPES)}, or auto (fast on a GPU, classic on a CPU); flags given explicitly win; see recipes.py (default: %(default)s)")
+    add("--recipe", default=DEFAULTS["recipe"], help=f"where the training settings whose help says 'the recipe's' take their defaults: {', '.join(recipes.RECIPES)}, or auto (the arch's own: speedrun for --arch speedrun, dbr for --arch dbr, classic otherwise); flags given explicitly win; see recipes.py (default: %(default)s)")
     add("--weight-decay", type=float, default=None, help=f"decoupled weight decay of the optimizer, 0 or more (default: the recipe's, {_recipe_defaults('weight_decay')})")
-    add("--width", type=int, default=None, help=f"--arch resnet: channels of its first stage, each later stage doubles them (default: the recipe's, {_recipe_defaults('width')})")
-    add("--augment", default=None, help=f"training-time augmentation inside the model: none, flip (colour images mirrored), crop-flip (also shifted up to 1/8 of the side) (default: the recipe's, {_recipe_defaults('augment')}; none: flip, none for --arch dbr)")
+    add("--width", type=int, default=None, help=f"--arch speedrun or resnet: channels of the first stage (speedrun: the later ones have 4x; resnet: each doubles them) (default: the recipe's, {_recipe_defaults('width')})")
+    add("--augment", default=None, help=f"training-time augmentation inside the model: none, flip (colour images mirrored), crop-flip (also shifted up to 1/8 of the side), light-crop-flip (shifted up to 1/16) (default: the recipe's, {_recipe_defaults('augment')}; none: flip, none for --arch dbr)")
     add("--label-smoothing", type=float, default=None, help=f"--method dlbhc: label smoothing of the cross-entropy, in [0, 1) (default: the recipe's, {_recipe_defaults('label_smoothing')})")
     add("--tta", action=argparse.BooleanOptionalAction, default=None, help=f"encode each colour image as the mean of its own and its mirror image's latent activations (flip test-time augmentation) (default: the recipe's, {_recipe_defaults('tta')})")
+    add("--norm-bias-lr-scale", type=float, default=None, help=f"learning rate of the batch norm biases as a multiple of the rest's, positive (default: the recipe's, {_recipe_defaults('norm_bias_lr_scale')}; none: 1)")
+    add("--weight-averaging", action=argparse.BooleanOptionalAction, default=None, help=f"keep an exponential moving average of the weights, which replaces them when training ends (default: the recipe's, {_recipe_defaults('weight_averaging')})")
+    add("--loss-scale", type=float, default=None, help=f"factor on the method's loss, positive: what a method needs of its own under a recipe's learning rate (default: the recipe's, {_recipe_defaults('loss_scale')}; recipes.METHOD_SETTINGS)")
     add("--seed", type=int, default=DEFAULTS["seed"], help="seed of the splits, the query draw and training (default: %(default)s)")
     add("--protocol", default=None, help=f"evaluation protocol: {', '.join(protocols.PROTOCOLS)} (default: dlbhc for the named datasets, folder for folder:/list: data); see protocols.py")
     add("--val-size", type=int, default=None, help="hold out N training images (class-balanced) as the queries, leaving the test split untouched: for choosing settings (default: off)")
@@ -133,6 +136,8 @@ def _recipe_defaults(key):
 
 def resolve_args(args):
     """Checks the parsed arguments that need no data and no Keras; returns the resolved config dict."""
+    if args.method is None:
+        args.method = recipes.default_method(args.arch)
     if not MIN_BITS <= args.bits <= MAX_BITS:
         raise UsageError(f"--bits must be between {MIN_BITS} and {MAX_BITS}, got {args.bits}")
     for flag, value in (("--queries", args.queries), ("--train-size", args.train_size), ("--val-size", args.val_size)):
@@ -189,6 +194,9 @@ def resolve_args(args):
         "augment": args.augment,
         "label_smoothing": args.label_smoothing,
         "tta": args.tta,
+        "norm_bias_lr_scale": args.norm_bias_lr_scale,
+        "weight_averaging": args.weight_averaging,
+        "loss_scale": args.loss_scale,
         "seed": args.seed,
         "val_size": args.val_size,
         "protocol": args.protocol or protocols.default_protocol(args.dataset),
@@ -241,6 +249,9 @@ def _check_training_options(args):
             raise UsageError(f"--width must be at least 1, got {args.width}")
     if args.augment is not None:
         _check_choice("--augment", args.augment, AUGMENTATIONS)
+    for flag, value in (("--norm-bias-lr-scale", args.norm_bias_lr_scale), ("--loss-scale", args.loss_scale)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
     if args.label_smoothing is not None:
         if args.method not in recipes.LABEL_SMOOTHING_METHODS:
             raise UsageError(f"--label-smoothing applies to --method {' or '.join(recipes.LABEL_SMOOTHING_METHODS)} only, not --method {args.method}")
@@ -482,7 +493,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
     if note:
         log(note)
     devices.start(config)  # before Keras computes anything: joins the processes, picks the devices
-    config = _resolve_class_batches(_resolve_recipe(config, colour=train_x.shape[-1] == 3), train_y, log)
+    config = _resolve_class_batches(_resolve_recipe(config, colour=train_x.shape[-1] == 3, train_size=len(train_y)), train_y, log)
     _check_batches_fit_devices(config)
     timings["data_seconds"] = time.perf_counter() - started
     if not resume:
@@ -602,14 +613,11 @@ def _overrides(config):
     return f" with {', '.join(flags)} overriding its defaults" if flags else ""
 
 
-def _resolve_recipe(config, colour):
-    """Fills the training settings the flags left unset from the run's recipe (`auto`: fast on a GPU)."""
+def _resolve_recipe(config, colour, train_size):
+    """Fills the training settings the flags left unset from the run's recipe (`auto`: the arch's own)."""
     if config.get("tta") and not colour:
         raise UsageError("--tta averages each image with its mirror image: it applies to colour images only")
-    import train  # imports Keras: only now, once the arguments and the data are known to be good
-
-    recipe = recipes.choose(config["recipe"], gpu=train.gpu_count() > 0)
-    return recipes.fill(config, recipe, colour)
+    return recipes.fill(config, recipes.choose(config["recipe"], config["arch"]), colour, train_size)
 
 
 def _check_batches_fit_devices(config):
@@ -692,12 +700,15 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
             optimizer=train.make_optimizer(
                 config["optimizer"], config["lr"], config["schedule"], backbone_lr_scale=config.get("backbone_lr_scale"),
                 total_steps=max(1, config["epochs"] * steps_per_epoch), weight_decay=config.get("weight_decay"),
+                norm_bias_lr_scale=config.get("norm_bias_lr_scale"), weight_averaging=config.get("weight_averaging", False),
             ),
             loss=method.loss(),
+            loss_weights=[config.get("loss_scale") or 1.0],
             metrics=method.metrics(),
         )
         if verbose and train.gpu_count() and not model.jit_compile:
             print("warning: XLA compilation is off (a layer of this model does not support jit_compile): training will be slow")
+        models.adapt_to_images(model, x)  # before a resumed run's checkpoint, which holds the same values, is restored
         start_epoch = train.resumed_epoch(backup_dir)
         if start_epoch and verbose:
             print(f"resuming from epoch {start_epoch} of {config['epochs']}")

@@ -24,15 +24,24 @@ OPTIMIZERS = {
     "sgd": (keras.optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True}),
     "adam": (keras.optimizers.Adam, {"learning_rate": 0.001}),
 }
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "triangular")
 # Share of all steps spent warming the rate up from zero under the cosine schedule.
 WARMUP_FRACTION = 0.05
+# The speed-runs' triangle: from TRIANGLE_START x the peak up to the peak over the first
+# TRIANGLE_PEAK_FRACTION of the steps, then straight down to zero at the last step.
+TRIANGLE_START = 0.2
+TRIANGLE_PEAK_FRACTION = 0.23
+# Weight averaging (--weight-averaging): Keras's exponential moving average of the weights,
+# whose values replace the weights at the end of training; this momentum averages over
+# roughly the last 1 / (1 - momentum) steps.
+EMA_MOMENTUM = 0.98
 BACKUP_METADATA = "training_metadata.json"
 # Learning rate of a pretrained backbone relative to the hash head (DLBHC trained its new layers 10x faster).
 BACKBONE_LR_SCALE = 0.1
 
 
-def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None, weight_decay=None):
+def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None, weight_decay=None,
+                   norm_bias_lr_scale=None, weight_averaging=False):
     """Builds an optimiser by name with the original tool's settings.
 
     Args:
@@ -40,7 +49,7 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         learning_rate: overrides the optimiser's default (peak) rate. Defaults to `None`.
         schedule: `"constant"`, or `"cosine"`: a linear warm-up over the first
             `WARMUP_FRACTION` of the steps, then cosine decay to zero at
-            `total_steps`. Defaults to `"constant"`.
+            `total_steps`; or `"triangular"` (see `Triangular`). Defaults to `"constant"`.
         total_steps: number of training steps; needed by `"cosine"`. Defaults to `None`.
         backbone_lr_scale: a factor on the learning rate of the variables of a
             `keras.applications` backbone (`models.in_backbone`); the optimiser
@@ -49,6 +58,11 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         weight_decay: decoupled weight decay (Keras's: each step shrinks every
             variable by `learning_rate * weight_decay` of itself), 0 or more.
             Defaults to `None` (none).
+        norm_bias_lr_scale: a factor on the learning rate of batch norm biases
+            (`models.is_norm_bias`), as the speed-runs train them faster; the
+            optimiser is then a `RateScaleMixin` variant. Defaults to `None` (1).
+        weight_averaging: keep an exponential moving average of the weights
+            (`EMA_MOMENTUM`), which replaces them when `fit` ends. Defaults to `False`.
 
     Returns:
         A `keras.optimizers.Optimizer`.
@@ -65,15 +79,53 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         settings["weight_decay"] = weight_decay
     if schedule == "cosine":
         settings["learning_rate"] = _warmup_cosine(settings["learning_rate"], total_steps)
-    if backbone_lr_scale is not None:
-        optimizer_class = BACKBONE_RATE_OPTIMIZERS[name]
-        settings["backbone_lr_scale"] = backbone_lr_scale
+    if schedule == "triangular":
+        settings["learning_rate"] = Triangular(settings["learning_rate"], _checked_steps(total_steps, schedule))
+    if weight_averaging:
+        settings.update(use_ema=True, ema_momentum=EMA_MOMENTUM)
+    if backbone_lr_scale is not None or norm_bias_lr_scale is not None:
+        optimizer_class = RATE_SCALE_OPTIMIZERS[name]
+        settings.update(backbone_lr_scale=backbone_lr_scale or 1.0, norm_bias_lr_scale=norm_bias_lr_scale or 1.0)
     return optimizer_class(**settings)
 
 
-def _warmup_cosine(peak_rate, total_steps):
+def _checked_steps(total_steps, schedule):
     if not total_steps or total_steps < 1:
-        raise ValueError(f"The cosine schedule needs `total_steps` >= 1. Received: total_steps={total_steps}")
+        raise ValueError(f"The {schedule} schedule needs `total_steps` >= 1. Received: total_steps={total_steps}")
+    return int(total_steps)
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class Triangular(keras.optimizers.schedules.LearningRateSchedule):
+    """The speed-runs' learning rate: a straight rise to `peak_rate`, then a straight fall to zero.
+
+    Starts at `TRIANGLE_START * peak_rate`, peaks after `TRIANGLE_PEAK_FRACTION`
+    of `total_steps`, and reaches zero at `total_steps`.
+
+    Example:
+
+    >>> schedule = Triangular(1.0, total_steps=100)
+    >>> [round(float(schedule(step)), 3) for step in (0, 23, 100)]
+    [0.2, 1.0, 0.0]
+    """
+
+    def __init__(self, peak_rate, total_steps):
+        self.peak_rate = float(peak_rate)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        peak_step = max(1.0, TRIANGLE_PEAK_FRACTION * self.total_steps)
+        rising = TRIANGLE_START + (1.0 - TRIANGLE_START) * step / peak_step
+        falling = (self.total_steps - step) / max(1.0, self.total_steps - peak_step)
+        return self.peak_rate * ops.clip(ops.where(step < peak_step, rising, falling), 0.0, 1.0)
+
+    def get_config(self):
+        return {"peak_rate": self.peak_rate, "total_steps": self.total_steps}
+
+
+def _warmup_cosine(peak_rate, total_steps):
+    total_steps = _checked_steps(total_steps, "cosine")
     warmup_steps = int(total_steps * WARMUP_FRACTION)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
@@ -83,8 +135,9 @@ def _warmup_cosine(peak_rate, total_steps):
     )
 
 
-class BackboneRateMixin:
-    """Scales the learning rate of a backbone's variables, as DLBHC fine-tuned slower than its new layers.
+class RateScaleMixin:
+    """Scales the learning rate of some variables: a backbone's (DLBHC fine-tuned slower than its new
+    layers) and batch norm biases' (the speed-runs train them faster).
 
     Keras 3 has no per-layer learning rates, and scaling the gradients instead
     does nothing under Adam or Adadelta, whose steps do not depend on the
@@ -93,59 +146,66 @@ class BackboneRateMixin:
     `BaseOptimizer._backend_update_step` on JAX, from its TensorFlow override
     on TensorFlow); this mixin multiplies `learning_rate` there by
     `backbone_lr_scale` for the variables whose path lies under the backbone
-    (`models.in_backbone`), so a backbone variable takes exactly the step the
+    (`models.in_backbone`) and by `norm_bias_lr_scale` for batch norm biases
+    (`models.is_norm_bias`), so such a variable takes exactly the step the
     optimiser would take at the scaled rate, and the rest take the full rate.
     Weight decay (`--weight-decay`) is not scaled: a backbone decays at the
     full rate's decay while it learns at the scaled rate. Mixed into the optimisers of
-    `OPTIMIZERS` as `BACKBONE_RATE_OPTIMIZERS`, registered so that a
+    `OPTIMIZERS` as `RATE_SCALE_OPTIMIZERS`, registered so that a
     `model.keras` compiled with one loads again once this module is imported.
 
     Args:
         backbone_lr_scale: factor on the backbone's learning rate, positive.
             Defaults to `BACKBONE_LR_SCALE`.
+        norm_bias_lr_scale: factor on the batch norm biases' learning rate,
+            positive. Defaults to 1.
         **kwargs: the optimiser's own arguments.
 
     Example:
 
-    >>> optimizer = BackboneRateAdam(learning_rate=1e-3, backbone_lr_scale=0.1)
+    >>> optimizer = RateScaleAdam(learning_rate=1e-3, backbone_lr_scale=0.1)
     """
 
-    def __init__(self, *args, backbone_lr_scale=BACKBONE_LR_SCALE, **kwargs):
-        if not backbone_lr_scale > 0:
-            raise ValueError(f"`backbone_lr_scale` must be positive. Received: backbone_lr_scale={backbone_lr_scale}")
+    def __init__(self, *args, backbone_lr_scale=BACKBONE_LR_SCALE, norm_bias_lr_scale=1.0, **kwargs):
+        for name, value in (("backbone_lr_scale", backbone_lr_scale), ("norm_bias_lr_scale", norm_bias_lr_scale)):
+            if not value > 0:
+                raise ValueError(f"`{name}` must be positive. Received: {name}={value}")
         if keras.backend.backend() == "torch":  # its fused updates bypass update_step
-            raise NotImplementedError("A backbone learning-rate scale needs the TensorFlow or JAX backend.")
+            raise NotImplementedError("A per-variable learning-rate scale needs the TensorFlow or JAX backend.")
         super().__init__(*args, **kwargs)
         self.backbone_lr_scale = float(backbone_lr_scale)
+        self.norm_bias_lr_scale = float(norm_bias_lr_scale)
 
     def update_step(self, gradient, variable, learning_rate):
         # On TensorFlow `variable` is the backend's own variable, which has no
         # Keras path: look the Keras variable up by index, as Adam does for its moments.
-        keras_variable = self._trainable_variables[self._get_variable_index(variable)]
-        if models.in_backbone(keras_variable.path):
+        path = self._trainable_variables[self._get_variable_index(variable)].path
+        if models.in_backbone(path):
             learning_rate = ops.multiply(learning_rate, self.backbone_lr_scale)
+        elif models.is_norm_bias(path):
+            learning_rate = ops.multiply(learning_rate, self.norm_bias_lr_scale)
         return super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
-        return {**super().get_config(), "backbone_lr_scale": self.backbone_lr_scale}
+        return {**super().get_config(), "backbone_lr_scale": self.backbone_lr_scale, "norm_bias_lr_scale": self.norm_bias_lr_scale}
 
 
 @keras.saving.register_keras_serializable(package="deephash")
-class BackboneRateAdam(BackboneRateMixin, keras.optimizers.Adam):
-    """`keras.optimizers.Adam` with `backbone_lr_scale` times its rate on the backbone."""
+class RateScaleAdam(RateScaleMixin, keras.optimizers.Adam):
+    """`keras.optimizers.Adam` with scaled rates on the backbone and the batch norm biases."""
 
 
 @keras.saving.register_keras_serializable(package="deephash")
-class BackboneRateSGD(BackboneRateMixin, keras.optimizers.SGD):
-    """`keras.optimizers.SGD` with `backbone_lr_scale` times its rate on the backbone."""
+class RateScaleSGD(RateScaleMixin, keras.optimizers.SGD):
+    """`keras.optimizers.SGD` with scaled rates on the backbone and the batch norm biases."""
 
 
 @keras.saving.register_keras_serializable(package="deephash")
-class BackboneRateAdadelta(BackboneRateMixin, keras.optimizers.Adadelta):
-    """`keras.optimizers.Adadelta` with `backbone_lr_scale` times its rate on the backbone."""
+class RateScaleAdadelta(RateScaleMixin, keras.optimizers.Adadelta):
+    """`keras.optimizers.Adadelta` with scaled rates on the backbone and the batch norm biases."""
 
 
-BACKBONE_RATE_OPTIMIZERS = {"adadelta": BackboneRateAdadelta, "sgd": BackboneRateSGD, "adam": BackboneRateAdam}
+RATE_SCALE_OPTIMIZERS = {"adadelta": RateScaleAdadelta, "sgd": RateScaleSGD, "adam": RateScaleAdam}
 
 
 def gpu_count():

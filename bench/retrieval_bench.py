@@ -3,9 +3,9 @@
     python bench/retrieval_bench.py classroom --data-dir ../shared/datasets/cifar10-jpeg.tar.gz
     python bench/retrieval_bench.py full --data-dir ../shared/datasets/cifar10-jpeg.tar.gz
 
-`classroom` runs `retrieval.py -n 5000 -e 5` (target: under 180 s end to end on a 2-core
-CPU, mAP@1000 above 0.5); `full` runs `retrieval.py -l 48 -e 20` with all 10,000 test
-queries against the 50,000 training images (target: mAP@1000 >= 0.90). The wall time
+`classroom` runs `retrieval.py -n 5000 -e 5` (target: under 60 s end to end on a 2-core
+CPU, mAP@1000 of at least 0.60); `full` runs `retrieval.py -l 48 -e 20` with all 10,000
+test queries against the 50,000 training images (target: mAP@1000 of at least 0.92). The wall time
 is that of the whole command, Python start-up and data loading included; the run's own
 `metrics.json` splits it into data, training, encoding and evaluation. Extra arguments
 after `--` go to `retrieval.py` unchanged. Prints one JSON line with the figures.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {
-    "classroom": {"argv": ["-n", "5000", "-e", "5"], "max_seconds": 180, "min_map": 0.5},
-    "full": {"argv": ["-l", "48", "-e", "20"], "max_seconds": None, "min_map": 0.90},
+    "classroom": {"argv": ["-n", "5000", "-e", "5"], "max_seconds": 60, "min_map": 0.60},
+    "full": {"argv": ["-l", "48", "-e", "20"], "max_seconds": None, "min_map": 0.92},
 }
 
 

@@ -1,10 +1,10 @@
 """Training speed and quality per epoch: how long the recipe takes to reach mAP@1000 0.90, 0.92, 0.94.
 
-    KERAS_BACKEND=jax python bench/train_bench.py --data-dir ../shared/datasets/cifar10-jpeg.tar.gz -l 48
+    python bench/train_bench.py --data-dir ../shared/datasets/cifar10-jpeg.tar.gz -l 48 --eval-every 3
 
 trains exactly what `retrieval.py` would with the same flags (any of its flags
-may follow; by default the `auto` recipe, `fast` on a GPU) and, after every
-epoch, encodes the database and queries and scores mAP@1000 (with the run's
+may follow; by default the `speedrun` recipe) and, after every
+epoch (or every `--eval-every` epochs), encodes the database and queries and scores mAP@1000 (with the run's
 flip test-time augmentation when it has it). Per epoch it prints:
 
 - the epoch's wall seconds of training, and images per second. The first
@@ -27,7 +27,7 @@ rows, the training seconds at which mAP@1000 first reached each of
 evaluation that `retrieval.py` reports in `metrics.json`.
 
 Only the run's own queries are scored: by default the test split, which
-issue 5's targets are stated on; choose settings with `--val-size N`, which
+the targets are stated on; choose settings with `--val-size N`, which
 makes the queries N held-out training images instead.
 """
 

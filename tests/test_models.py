@@ -263,7 +263,7 @@ def test_backbone_rate_optimizer_saves_and_loads_with_the_model(tmp_path):
     encoder.train_on_batch(pixels, targets)
     encoder.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert isinstance(loaded.optimizer, train.BackboneRateSGD) and loaded.optimizer.backbone_lr_scale == 0.25
+    assert isinstance(loaded.optimizer, train.RateScaleSGD) and loaded.optimizer.backbone_lr_scale == 0.25
     assert [variable.path for variable in loaded.trainable_variables] == [variable.path for variable in encoder.trainable_variables]
     encoder.train_on_batch(pixels, targets)
     loaded.train_on_batch(pixels, targets)
@@ -334,7 +334,7 @@ def test_cli_trains_a_mobilenetv2_backbone(two_class_tree, tmp_path, private_cac
     metrics = json.loads((out / rundir.METRICS_FILE).read_text())
     assert metrics["arch"] == "mobilenetv2" and 0 <= metrics["mAP@12"] <= 1
     model = keras.saving.load_model(out / rundir.MODEL_FILE)
-    assert isinstance(model.optimizer, train.BackboneRateAdam)
+    assert isinstance(model.optimizer, train.RateScaleAdam)
 
 
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")

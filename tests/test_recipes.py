@@ -1,4 +1,4 @@
-"""Issue 5's training recipe: the recipes, the on-device augmentation, XLA, label smoothing and flip TTA."""
+"""Training recipes: the recipes, the speed-run network and optimiser, on-device augmentation, XLA, label smoothing, flip TTA."""
 
 import importlib.util
 import json
@@ -29,45 +29,71 @@ def resolved(*flags):
     return retrieval.resolve_args(retrieval.build_parser().parse_args(["--out", "unused", *flags]))
 
 
-def test_auto_is_fast_on_a_gpu_and_classic_otherwise():
-    assert recipes.choose("auto", gpu=True) == "fast"
-    assert recipes.choose("auto", gpu=False) == "classic"
-    assert recipes.choose("fast", gpu=False) == "fast"
+def test_auto_is_the_archs_own_recipe():
+    assert recipes.choose("auto", "speedrun") == "speedrun"
+    assert recipes.choose("auto", "dbr") == "dbr"
+    assert recipes.choose("auto", "resnet") == "classic"
+    assert recipes.choose("speedrun", "resnet") == "speedrun"
     with pytest.raises(ValueError, match="recipe='quick'"):
-        recipes.choose("quick", gpu=False)
+        recipes.choose("quick", "speedrun")
+
+
+def test_the_default_run_is_the_speedrun_network_with_the_dlbhc_method():
+    config = resolved()
+    assert (config["arch"], config["method"], config["recipe"]) == ("speedrun", "dlbhc", "auto")
+    assert resolved("--arch", "dbr")["method"] == "dbr"  # DeepBinaryRepre's network trains its own method
+    assert resolved("--arch", "dbr", "--method", "dhn")["method"] == "dhn"
 
 
 def test_a_recipe_fills_only_unset_settings():
-    config = recipes.fill(resolved("--recipe", "fast", "-e", "3", "--batch-size", "64"), "fast", colour=True)
+    config = recipes.fill(resolved("-e", "3", "--batch-size", "64"), "speedrun", colour=True, train_size=50_000)
     assert (config["epochs"], config["batch_size"]) == (3, 64)  # given: kept
-    assert (config["lr"], config["width"], config["augment"], config["tta"]) == (0.002, 64, "crop-flip", True)
-    assert config["recipe"] == "fast"
+    assert (config["lr"], config["width"], config["schedule"], config["tta"]) == (1.0, 32, "triangular", True)
+    assert (config["norm_bias_lr_scale"], config["weight_averaging"], config["label_smoothing"]) == (64.0, True, 0.2)
+    assert config["recipe"] == "speedrun"
 
 
-def test_classic_keeps_the_measured_cpu_defaults():
-    config = recipes.fill(resolved(), "classic", colour=True)
-    expected = {"epochs": 20, "batch_size": 32, "optimizer": "adam", "lr": None, "schedule": "cosine", "width": 32, "tta": False}
+def test_the_speedrun_recipe_narrows_the_network_for_small_training_sets():
+    small = recipes.fill(resolved(), "speedrun", colour=True, train_size=5000)
+    assert {key: small[key] for key in recipes.SMALL_DATA} == recipes.SMALL_DATA
+    assert recipes.fill(resolved("--width", "16"), "speedrun", colour=True, train_size=5000)["width"] == 16
+
+
+def test_each_method_takes_its_own_loss_scale_from_the_recipe():
+    def loss_scale(method, *flags):
+        return recipes.fill(resolved("--method", method, *flags), "speedrun", colour=True, train_size=50_000)["loss_scale"]
+
+    assert [loss_scale(method) for method in ("dlbhc", "dbr", "hadamard", "dhn", "dnnh")] == [1.0, 8.0, 8.0, 1.0, 0.1]
+    assert loss_scale("dbr", "--loss-scale", "2") == 2.0
+    assert recipes.fill(resolved("--arch", "dbr"), "dbr", colour=True, train_size=50_000)["loss_scale"] == 1.0
+
+
+def test_the_dbr_recipe_keeps_deepbinaryrepres_settings():
+    config = recipes.fill(resolved("--arch", "dbr"), "dbr", colour=True, train_size=50_000)
+    expected = {"epochs": 20, "batch_size": 32, "optimizer": "adadelta", "lr": None, "schedule": "constant", "augment": "none", "tta": False}
     assert {key: config[key] for key in expected} == expected
 
 
 def test_settings_that_do_not_apply_stay_unset():
-    config = recipes.fill(resolved("--arch", "dbr", "--method", "dbr"), "fast", colour=False)
-    assert config["width"] is None  # not a resnet
+    config = recipes.fill(resolved("--arch", "dbr", "--method", "dbr"), "speedrun", colour=False, train_size=50_000)
+    assert config["width"] is None  # no width to set
     assert config["label_smoothing"] is None  # not dlbhc
     assert config["tta"] is False  # grey images are not mirrored
-    assert recipes.fill(resolved("--method", "dlbhc"), "fast", colour=True)["label_smoothing"] == 0.1
 
 
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--recipe", "quick"], "--recipe must be one of auto, classic, fast, got 'quick'"),
+        (["--recipe", "quick"], "--recipe must be one of auto, speedrun, dbr, classic, got 'quick'"),
         (["--width", "0"], "--width must be at least 1, got 0"),
-        (["--arch", "dbr", "--width", "64"], "--width applies to --arch resnet only, not --arch dbr"),
-        (["--augment", "rotate"], "--augment must be one of none, flip, crop-flip, got 'rotate'"),
-        (["--label-smoothing", "0.1"], "--label-smoothing applies to --method dlbhc only, not --method dbr"),
-        (["--method", "dlbhc", "--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1, got 1.0"),
+        (["--arch", "dbr", "--width", "64"], "--width applies to --arch resnet or speedrun only, not --arch dbr"),
+        (["--augment", "rotate"], "--augment must be one of none, flip, crop-flip, light-crop-flip, got 'rotate'"),
+        (["--arch", "dbr", "--label-smoothing", "0.1"], "--label-smoothing applies to --method dlbhc only, not --method dbr"),
+        (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1, got 1.0"),
         (["--weight-decay", "-1"], "--weight-decay must be 0 or more, got -1.0"),
+        (["--norm-bias-lr-scale", "0"], "--norm-bias-lr-scale must be positive, got 0.0"),
+        (["--loss-scale", "-2"], "--loss-scale must be positive, got -2.0"),
+        (["--schedule", "linear"], "--schedule must be one of constant, cosine, triangular, got 'linear'"),
     ],
 )
 def test_bad_training_settings_exit_2(capsys, tmp_path, flags, message):
@@ -77,23 +103,73 @@ def test_bad_training_settings_exit_2(capsys, tmp_path, flags, message):
 
 def test_tta_on_grey_images_is_a_usage_error():
     with pytest.raises(retrieval.UsageError, match="--tta averages each image with its mirror image: it applies to colour images only"):
-        retrieval._resolve_recipe(resolved("--tta"), colour=False)
-    assert retrieval._resolve_recipe(resolved(), colour=False)["tta"] is False
+        retrieval._resolve_recipe(resolved("--tta"), colour=False, train_size=100)
+    assert retrieval._resolve_recipe(resolved(), colour=False, train_size=100)["tta"] is False
 
 
-def test_the_fast_settings_train_end_to_end_and_are_recorded(tiny_tree, tmp_path):
+def test_the_speedrun_recipe_trains_end_to_end_and_is_recorded(tiny_tree, tmp_path):
     out = tmp_path / "run"
-    argv = tiny_argv(tiny_tree, out, "--recipe", "fast", "--arch", "resnet", "--width", "4", "--method", "dlbhc", "--batch-size", "16")
+    argv = ["--data-dir", str(tiny_tree), "-l", "12", "-e", "5", "-s", "0", "--out", str(out), "--width", "8", "--batch-size", "24"]
     assert retrieval.main(argv) == 0
     config = rundir.read_json(out / rundir.CONFIG_FILE)
-    assert (config["recipe"], config["augment"], config["tta"], config["label_smoothing"]) == ("fast", "crop-flip", True, 0.1)
+    assert (config["recipe"], config["arch"], config["method"], config["schedule"]) == ("speedrun", "speedrun", "dlbhc", "triangular")
     metrics = rundir.read_json(out / rundir.METRICS_FILE)
-    assert metrics["recipe"] == "fast" and metrics["label_smoothing"] == 0.1
-    # Keras compiles with XLA on JAX, and on TensorFlow only with a GPU.
-    assert metrics["jit_compile"] is (keras.backend.backend() == "jax")
+    assert metrics["recipe"] == "speedrun" and metrics["label_smoothing"] == 0.2
+    assert metrics["mAP@120"] > 0.6  # four easy classes: chance is about 0.25
     encoder = keras.saving.load_model(out / rundir.MODEL_FILE)
-    assert encoder.get_layer("stem").filters == 4
+    assert encoder.get_layer("block1_conv1").filters == 8 and encoder.get_layer("block2_conv1").filters == 32
     assert isinstance(encoder.get_layer("random_shift"), models.RandomShift)
+    # Adapted to the training images before training, and never trained: its kernel is not zero.
+    assert np.abs(keras.ops.convert_to_numpy(encoder.get_layer("whitening").kernel)).max() > 0
+    assert isinstance(encoder.optimizer, train.RateScaleSGD) and encoder.optimizer.norm_bias_lr_scale == 64.0
+
+
+# --- the speed-run network and optimiser -------------------------------------------------
+
+
+def test_patch_whitening_makes_the_patch_covariance_the_identity_and_stays_frozen():
+    images = np.random.default_rng(1).random((40, 12, 12, 3), dtype="float32") * np.array([1.0, 0.5, 3.0], "float32")
+    layer = models.PatchWhitening()
+    layer.adapt(images)
+    outputs = keras.ops.convert_to_numpy(layer(images)).reshape(-1, 24)
+    np.testing.assert_allclose(np.cov(outputs[:, :12], rowvar=False), np.eye(12), atol=0.05)
+    np.testing.assert_allclose(outputs[:, 12:], -outputs[:, :12], atol=1e-4)  # +W and -W
+    np.testing.assert_allclose(outputs.mean(axis=0), 0.0, atol=1e-3)  # the bias centres the mean patch
+    assert [weight.name for weight in layer.trainable_weights] == ["bias"]
+
+
+def test_identity_initialised_convolutions_pass_their_input_through():
+    images = np.random.default_rng(2).random((2, 6, 6, 3), dtype="float32")
+    conv = keras.layers.Conv2D(5, 3, padding="same", use_bias=False, kernel_initializer=models.PartialIdentity(seed=0))
+    outputs = keras.ops.convert_to_numpy(conv(images))
+    np.testing.assert_allclose(outputs[..., :3], images, rtol=1e-6)
+
+
+def test_the_triangular_schedule_rises_to_its_peak_then_falls_to_zero():
+    schedule = train.Triangular(2.0, total_steps=1000)
+    rates = [float(schedule(step)) for step in (0, 115, 230, 615, 1000)]
+    assert rates == pytest.approx([0.4, 1.2, 2.0, 1.0, 0.0], abs=1e-3)
+
+
+def test_batch_norm_biases_take_scaled_steps_and_the_rest_plain_ones():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense"), keras.layers.BatchNormalization(scale=False, name="x_bn")])
+    optimizer = train.make_optimizer("sgd", 0.1, norm_bias_lr_scale=10.0)
+    optimizer.build(model.trainable_variables)
+    before = [keras.ops.convert_to_numpy(variable).copy() for variable in model.trainable_variables]
+    optimizer.apply([keras.ops.ones(variable.shape) for variable in model.trainable_variables], model.trainable_variables)
+    steps = {variable.path.split("/", 1)[1]: float(np.abs(keras.ops.convert_to_numpy(variable) - old).max()) for variable, old in zip(model.trainable_variables, before)}
+    plain = steps["dense/kernel"]
+    assert steps["x_bn/beta"] == pytest.approx(10 * plain, rel=1e-5)
+    assert steps["dense/bias"] == pytest.approx(plain, rel=1e-5)
+
+
+def test_weight_averaging_replaces_the_weights_by_their_average_when_fit_ends():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=train.make_optimizer("sgd", 0.1, weight_averaging=True), loss="mse")
+    x = np.random.default_rng(0).random((64, 2), dtype="float32")
+    model.fit(x, x.sum(axis=1, keepdims=True), epochs=2, batch_size=8, verbose=0)
+    average = [keras.ops.convert_to_numpy(variable) for variable in model.optimizer._model_variables_moving_average]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.layers[0].kernel), average[0], rtol=1e-6)
 
 
 # --- on-device augmentation ---------------------------------------------------------------
@@ -128,7 +204,7 @@ def test_augmentation_layers_follow_the_setting_and_the_image_kind():
     assert "random_flip" not in layer_names((28, 28, 1), "crop-flip")  # digits are shifted, not mirrored
     assert not {"random_shift", "random_flip"} & layer_names((32, 32, 3), "none")
     assert "random_flip" not in layer_names((32, 32, 3), None, arch="dbr")  # the original CNN: none
-    with pytest.raises(ValueError, match="`width` applies to arch='resnet' only"):
+    with pytest.raises(ValueError, match="`width` applies to arch"):
         models.build_encoder("dbr", (32, 32, 3), 8, width=64)
 
 
@@ -214,7 +290,7 @@ def test_train_bench_scores_every_epoch_and_reports_when_each_threshold_was_reac
     for threshold, seconds in report["seconds_to"].items():
         reached = [row["cumulative_train_seconds"] for row in rows if row["mAP@120"] >= float(threshold)]
         assert seconds == (reached[0] if reached else None)
-    assert report["recipe"] == "classic" and report["num_queries"] == 32
+    assert report["recipe"] == "dbr" and report["num_queries"] == 32
 
 
 @pytest.mark.parametrize(
@@ -228,13 +304,6 @@ def test_train_bench_scores_every_epoch_and_reports_when_each_threshold_was_reac
 )
 def test_train_bench_refuses_bad_flags_with_exit_2(capsys, argv, message):
     fails_with(capsys, argv, message, main=load_bench("train_bench").main)
-
-
-def test_tune_recipe_refuses_unknown_candidates_with_exit_2(capsys, tmp_path):
-    tune_recipe = load_bench("tune_recipe")
-    argv = ["--out-dir", str(tmp_path), "--candidates", "fast", "slow"]
-    fails_with(capsys, argv, "--candidates must be among fast, fast-dlbhc, fast-wide, got slow", main=tune_recipe.main)
-    assert not (tmp_path / "reports.jsonl").exists()
 
 
 def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_path, capsys):
@@ -260,3 +329,32 @@ def test_flip_tta_mirrors_in_chunks_with_the_same_result(monkeypatch):
 
 def test_the_cli_names_the_augmentations_models_builds():
     assert retrieval.AUGMENTATIONS == models.AUGMENTATIONS
+
+
+def test_ablate_recipe_tabulates_each_trick_removed_and_resumes(tiny_tree, tmp_path, capsys, monkeypatch):
+    ablate_recipe = load_bench("ablate_recipe")
+    monkeypatch.setattr(ablate_recipe, "ABLATIONS", {"label smoothing": ["--label-smoothing", "0"]})
+    argv = ["--data-dir", str(tiny_tree), "--out-dir", str(tmp_path), "--val-size", "20", "--", "-e", "1", "--width", "4", "--batch-size", "20"]
+    assert ablate_recipe.main(argv) == 0
+    table = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"removed", ablate_recipe.BASELINE, "label smoothing", ablate_recipe.TTA}
+    full = float(rows[ablate_recipe.BASELINE][0])
+    assert float(rows["label smoothing"][1]) == pytest.approx(float(rows["label smoothing"][0]) - full, abs=1e-4)
+    reports = (tmp_path / "reports.jsonl").read_text().splitlines()
+    assert len(reports) == 3 and json.loads(reports[1])["flags"][-2:] == ["--label-smoothing", "0"]
+    # Run again: every report is there already, so nothing trains and the table is the same.
+    assert ablate_recipe.main(argv) == 0
+    again = capsys.readouterr().out
+    assert again.splitlines() == [line for line in table if not line.startswith("==")]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out-dir", "x", "--val-size", "0"], "--val-size must be at least 1, got 0"),
+        (["--out-dir", "x", "--", "-l", "12"], "-l after -- is this command's to set"),
+    ],
+)
+def test_ablate_recipe_refuses_bad_flags_with_exit_2(capsys, argv, message):
+    fails_with(capsys, argv, message, main=load_bench("ablate_recipe").main)
