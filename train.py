@@ -85,7 +85,8 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         settings.update(use_ema=True, ema_momentum=EMA_MOMENTUM)
     if backbone_lr_scale is not None or norm_bias_lr_scale is not None:
         optimizer_class = RATE_SCALE_OPTIMIZERS[name]
-        settings.update(backbone_lr_scale=backbone_lr_scale or 1.0, norm_bias_lr_scale=norm_bias_lr_scale or 1.0)
+        settings.update(backbone_lr_scale=1.0 if backbone_lr_scale is None else backbone_lr_scale,
+                        norm_bias_lr_scale=1.0 if norm_bias_lr_scale is None else norm_bias_lr_scale)
     return optimizer_class(**settings)
 
 

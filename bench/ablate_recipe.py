@@ -1,6 +1,6 @@
 """What each trick of the speed-run recipe is worth: validation mAP with one trick removed at a time.
 
-    python bench/ablate_recipe.py --data-dir ../shared/datasets/cifar10-jpeg.tar.gz --out-dir runs/ablation -- -n 10000 -e 5
+    python bench/ablate_recipe.py --data-dir ../shared/datasets/cifar10-jpeg.tar.gz --out-dir runs/ablation -- -n 5000 -e 5
 
 trains the default recipe once as it is and once per entry of `ABLATIONS` (the
 `retrieval.py` flags that take one trick away), each on the training images
@@ -44,7 +44,7 @@ def main(argv=None):
     parser.add_argument("--out-dir", required=True, help="folder for the runs and reports.jsonl (created if missing; rerun to resume)")
     parser.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, help="training images held out as validation queries (default: %(default)s)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds one run may take (default: %(default)s)")
-    parser.add_argument("extra", nargs="*", help="further retrieval.py flags for every run, after -- (e.g. the scale: -- -n 10000 -e 5)")
+    parser.add_argument("extra", nargs="*", help="further retrieval.py flags for every run, after -- (e.g. the scale: -- -n 5000 -e 5)")
     args = parser.parse_args(argv)
     for flag, value in (("--val-size", args.val_size), ("--timeout", args.timeout)):
         if value < 1:

@@ -340,7 +340,7 @@ def test_ablate_recipe_tabulates_each_trick_removed_and_resumes(tiny_tree, tmp_p
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"removed", ablate_recipe.BASELINE, "label smoothing", ablate_recipe.TTA}
     full = float(rows[ablate_recipe.BASELINE][0])
-    assert float(rows["label smoothing"][1]) == pytest.approx(float(rows["label smoothing"][0]) - full, abs=1e-4)
+    assert float(rows["label smoothing"][1]) == pytest.approx(float(rows["label smoothing"][0]) - full, abs=2e-4)  # each figure rounded
     reports = (tmp_path / "reports.jsonl").read_text().splitlines()
     assert len(reports) == 3 and json.loads(reports[1])["flags"][-2:] == ["--label-smoothing", "0"]
     # Run again: every report is there already, so nothing trains and the table is the same.

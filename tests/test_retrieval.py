@@ -28,7 +28,7 @@ from cli import TINY_CLASSES, fails_with, tiny_argv
         (["-l", "257"], "--bits must be between 8 and 256, got 257"),
         (["-e", "-1"], "--epochs must be 0 or more, got -1"),
         (["-o", "rmsprop"], "--optimizer must be one of"),
-        (["--arch", "vgg"], "--arch must be one of dbr, resnet, resnet50, mobilenetv2, efficientnetb0, vgg16, got 'vgg'"),
+        (["--arch", "vgg"], "--arch must be one of dbr, resnet, speedrun, resnet50, mobilenetv2, efficientnetb0, vgg16, got 'vgg'"),
         (["--method", "hashnet"], "--method must be one of dbr, dlbhc, dhn, dnnh, hadamard, got 'hashnet'"),
         (["--method", "dbr", "--lambda", "0.5"], "--lambda applies to --method dhn only, not --method dbr"),
         (["--method", "dhn", "--lambda", "-1"], "--lambda must be 0 or more, got -1.0"),

@@ -53,7 +53,7 @@ def test_folder_dataset_end_to_end(photo_folder, tmp_path):
 def test_default_run_folder_is_named_safely(photo_folder):
     args = retrieval.build_parser().parse_args(["--dataset", f"folder:{photo_folder}/", "-l", "16"])
     config = retrieval.resolve_args(args)
-    assert config["out"].startswith("runs/folder-my_photos-dbr-16b-")
+    assert config["out"].startswith("runs/folder-my_photos-dlbhc-16b-")
     assert config["dataset"] == f"folder:{photo_folder}"  # absolute, so --resume works from anywhere
 
 
@@ -77,7 +77,7 @@ def test_own_data_problems_exit_2_before_training(capsys, tmp_path, photo_folder
     fails_with(capsys, ["--dataset", f"folder:{photo_folder}", "--image-root", ".", *out], "--image-root applies to --dataset list: only")
     fails_with(capsys, ["--dataset", f"folder:{photo_folder}", "--data-dir", ".", *out], "--data-dir applies to --dataset cifar10")
     lists = write_lists(tmp_path / "lists")
-    fails_with(capsys, ["--dataset", f"list:{lists}", *out], "--dataset list: has multi-hot labels (an image may have several), which --method dbr cannot learn from: use --method dhn or dnnh")
+    fails_with(capsys, ["--dataset", f"list:{lists}", *out], "--dataset list: has multi-hot labels (an image may have several), which --method dlbhc cannot learn from: use --method dhn or dnnh")
 
 
 @pytest.mark.skipif("dhn" not in retrieval.METHODS, reason="--method dhn is not on the command line yet")
