@@ -44,6 +44,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+import recipes
+
 LATENT_LAYER = "latent"
 BACKBONE_LAYER = "backbone"
 BIT_THRESHOLD = 0.5
@@ -71,6 +73,8 @@ AUGMENTATIONS = ("none", "flip", "crop-flip", "light-crop-flip")
 DEFAULT_AUGMENTATION = {"dbr": "none"}  # the original CNN trained on plain images; the rest: "flip"
 CROP_PADDING_FRACTION = 1 / 8  # 4 pixels on CIFAR-10's 32, the usual CIFAR padding
 LIGHT_CROP_PADDING_FRACTION = 1 / 16
+# The largest shift of each shifting augmentation, as a share of the image's side.
+SHIFT_FRACTIONS = {"crop-flip": CROP_PADDING_FRACTION, "light-crop-flip": LIGHT_CROP_PADDING_FRACTION}
 # Images mirrored at a time for flip test-time augmentation (predict_with_flips).
 TTA_CHUNK = 8192
 # PyTorch's default. Keras's 0.99 averages over ~100 steps of fast-changing
@@ -102,8 +106,6 @@ APPLICATIONS = {
     "vgg16": Application(keras.applications.VGG16, 224, "caffe"),
 }
 SCRATCH_ARCHS = ("dbr", "resnet", "speedrun")
-# Archs whose channel count `width` sets.
-WIDTH_ARCHS = ("resnet", "speedrun")
 ARCHS = (*SCRATCH_ARCHS, *APPLICATIONS)
 # The smallest input keras.applications accepts for these networks without their classifier.
 MIN_INPUT_SIZE = 32
@@ -156,8 +158,8 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
     """
     if arch not in ARCHS:
         raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={arch!r}")
-    if width is not None and arch not in WIDTH_ARCHS:
-        raise ValueError(f"`width` applies to arch {WIDTH_ARCHS} only. Received: arch={arch!r}, width={width!r}")
+    if width is not None and arch not in recipes.WIDTH_ARCHS:
+        raise ValueError(f"`width` applies to arch {recipes.WIDTH_ARCHS} only. Received: arch={arch!r}, width={width!r}")
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = _augmentation(inputs, DEFAULT_AUGMENTATION.get(arch, "flip") if augment is None else augment)
     if arch in APPLICATIONS:
@@ -258,9 +260,8 @@ def _augmentation(inputs, augment):
     if augment not in AUGMENTATIONS:
         raise ValueError(f"`augment` must be one of {AUGMENTATIONS}. Received: augment={augment!r}")
     x = inputs
-    if augment in ("crop-flip", "light-crop-flip"):
-        fraction = CROP_PADDING_FRACTION if augment == "crop-flip" else LIGHT_CROP_PADDING_FRACTION
-        padding = max(1, round(min(inputs.shape[1:3]) * fraction))
+    if augment in SHIFT_FRACTIONS:
+        padding = max(1, round(min(inputs.shape[1:3]) * SHIFT_FRACTIONS[augment]))
         x = RandomShift(padding, name="random_shift")(x)
     if augment != "none" and inputs.shape[-1] == 3:
         x = layers.RandomFlip("horizontal", name="random_flip")(x)
@@ -596,9 +597,8 @@ class PatchWhitening(layers.Layer):
         if not self.built:
             self.build(images.shape)
         size = WHITENING_PATCH
-        height, width = images.shape[1] - size + 1, images.shape[2] - size + 1
-        windows = [images[:, row : row + height, column : column + width, :] for row in range(size) for column in range(size)]
-        patches = np.stack(windows, axis=-2).reshape(-1, size * size * images.shape[-1]).astype("float64")  # kernel order
+        windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))  # [n, h, w, c, size, size]
+        patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * images.shape[-1]).astype("float64")  # kernel order
         mean = patches.mean(axis=0)
         eigenvalues, eigenvectors = np.linalg.eigh(np.cov(patches, rowvar=False))
         filters = eigenvectors / np.sqrt(eigenvalues + WHITENING_EPSILON)

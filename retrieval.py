@@ -708,8 +708,9 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         )
         if verbose and train.gpu_count() and not model.jit_compile:
             print("warning: XLA compilation is off (a layer of this model does not support jit_compile): training will be slow")
-        models.adapt_to_images(model, x)  # before a resumed run's checkpoint, which holds the same values, is restored
         start_epoch = train.resumed_epoch(backup_dir)
+        if not start_epoch:  # a resumed run's checkpoint holds the fitted whitening
+            models.adapt_to_images(model, x)
         if start_epoch and verbose:
             print(f"resuming from epoch {start_epoch} of {config['epochs']}")
         started = time.perf_counter()
