@@ -53,7 +53,7 @@ Example:
 
 import numpy as np
 
-ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih", "backend")
+from vocabulary import ENGINES
 
 # Sentinels of the approximate engines for "fewer than k found", at the end of a row (FAISS's).
 # Distances one `backend` range search holds at a time (queries x database codes).

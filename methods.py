@@ -35,11 +35,9 @@ import numpy as np
 from keras import ops
 
 import codewords
+import vocabulary
 
 CLASSIFIER_LAYER = "classifier"
-DEFAULT_QUANTIZATION_WEIGHT = 1.0
-# DNNH's margin as a share of the code length (the DeepHash port's recommendation).
-DEFAULT_MARGIN_PER_BIT = 0.25
 
 
 # --- labels -------------------------------------------------------------------------
@@ -179,7 +177,7 @@ class PairwiseLikelihoodLoss(keras.losses.Loss):
     0.6931
     """
 
-    def __init__(self, quantization_weight=DEFAULT_QUANTIZATION_WEIGHT, name="dhn_loss", reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, quantization_weight=vocabulary.QUANTIZATION_WEIGHT, name="dhn_loss", reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if not quantization_weight >= 0:
             raise ValueError(
@@ -396,7 +394,7 @@ class PairwiseLikelihood(SimilarityMethod):
 
     name = "dhn"
 
-    def __init__(self, num_classes, bits, quantization_weight=DEFAULT_QUANTIZATION_WEIGHT):
+    def __init__(self, num_classes, bits, quantization_weight=vocabulary.QUANTIZATION_WEIGHT):
         del bits
         self.num_classes = num_classes
         self.quantization_weight = float(quantization_weight)
@@ -426,7 +424,7 @@ class TripletRanking(SimilarityMethod):
 
     def __init__(self, num_classes, bits, margin=None):
         self.num_classes = num_classes
-        self.margin = float(bits * DEFAULT_MARGIN_PER_BIT if margin is None else margin)
+        self.margin = float(bits * vocabulary.MARGIN_PER_BIT if margin is None else margin)
         self.loss()  # checks the margin now, not at compile time
 
     def loss(self):
@@ -443,8 +441,8 @@ METHODS = {
     "dnnh": TripletRanking,
     "hadamard": HadamardRegression,
 }
-# Each method-specific option of `make_method` and the one method it applies to.
-METHOD_OPTIONS = {"code_type": "dbr", "quantization_weight": "dhn", "margin": "dnnh", "label_smoothing": "dlbhc"}
+# `make_method`'s name of each method-specific option in `vocabulary.METHOD_OPTIONS`.
+OPTION_NAMES = {"code_type": "code_type", "quantization_weight": "lambda", "margin": "margin", "label_smoothing": "label_smoothing"}
 
 
 def make_method(name, num_classes, bits, code_type=None, *, quantization_weight=None, margin=None, label_smoothing=None):
@@ -477,6 +475,7 @@ def make_method(name, num_classes, bits, code_type=None, *, quantization_weight=
     options = {"code_type": code_type, "quantization_weight": quantization_weight, "margin": margin, "label_smoothing": label_smoothing}
     given = {option: value for option, value in options.items() if value is not None}
     for option in given:
-        if METHOD_OPTIONS[option] != name:
-            raise ValueError(f"`{option}` applies to method {METHOD_OPTIONS[option]!r} only. Received: method={name!r}")
+        owners = vocabulary.METHOD_OPTIONS[OPTION_NAMES[option]]
+        if name not in owners:
+            raise ValueError(f"`{option}` applies to method {' or '.join(map(repr, owners))} only. Received: method={name!r}")
     return METHODS[name](num_classes, bits, **given)

@@ -17,15 +17,10 @@ Trained from scratch (any channel count; pixels scaled to [0, 1] inside):
   Its whitening layer is fitted to the training images before training
   (`adapt_to_images`).
 
-`keras.applications` backbones (`APPLICATIONS`: `resnet50`, `mobilenetv2`,
-`efficientnetb0`, `vgg16`), optionally with ImageNet weights, as DLBHC
-fine-tuned an ImageNet network. Inside the model, in this order: grey images
-are repeated to 3 channels, every image is resized to the backbone's square input (`Resizing`, 224
-by default, `input_size` to change it), the backbone's own `preprocess_input`
-is applied as built-in layers, then the backbone (layer `BACKBONE_LAYER`,
-without its classifier), global average pooling and the latent layer. So the
-model still takes raw 0..255 pixels of any size, and a `model.keras` needs no
-other code than this module's registered layers to load.
+`keras.applications` backbones (`backbones.APPLICATIONS`: `resnet50`,
+`mobilenetv2`, `efficientnetb0`, `vgg16`), optionally with ImageNet weights, as
+DLBHC fine-tuned an ImageNet network; `backbones.py` builds them with their
+input preprocessing as layers, so the model still takes raw 0..255 pixels.
 
 Example:
 
@@ -33,22 +28,20 @@ Example:
 >>> encoder.output.shape
 (None, 48)
 >>> encoder = build_encoder("mobilenetv2", (32, 32, 3), bits=48, weights=None, input_size=32)
->>> encoder.get_layer(BACKBONE_LAYER).network.name
+>>> encoder.get_layer(backbones.BACKBONE_LAYER).network.name
 'mobilenetv2_1.00_32'
 """
 
-import re
-from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-import recipes
+import backbones
+import vocabulary
 
 LATENT_LAYER = "latent"
-BACKBONE_LAYER = "backbone"
-BIT_THRESHOLD = 0.5
+BIT_THRESHOLD = vocabulary.BIT_THRESHOLD
 EXTRA_LAYER_UNITS = 512
 # Channels of the residual CNN's first stage; each later stage doubles them.
 RESNET_WIDTH = 32
@@ -69,7 +62,7 @@ WHITENING_IMAGES = 5000
 # compiled step: "flip" mirrors colour images left-right (digits are never mirrored),
 # "crop-flip" also shifts every image by up to `CROP_PADDING_FRACTION` of its side.
 # "light-crop-flip" shifts by up to `LIGHT_CROP_PADDING_FRACTION` (2 pixels on 32), as the speed-runs do.
-AUGMENTATIONS = ("none", "flip", "crop-flip", "light-crop-flip")
+AUGMENTATIONS = vocabulary.AUGMENTATIONS
 DEFAULT_AUGMENTATION = {"dbr": "none"}  # the original CNN trained on plain images; the rest: "flip"
 CROP_PADDING_FRACTION = 1 / 8  # 4 pixels on CIFAR-10's 32, the usual CIFAR padding
 LIGHT_CROP_PADDING_FRACTION = 1 / 16
@@ -85,38 +78,7 @@ BATCH_NORM_MOMENTUM = 0.9
 synchronized_batch_norm = False
 
 
-class Application(NamedTuple):
-    """A `keras.applications` backbone: its constructor, default input side and input preprocessing.
-
-    `preprocessing` names the mode of `keras.applications.imagenet_utils.preprocess_input`
-    the network was trained with: `"caffe"` (RGB to BGR, minus the ImageNet
-    channel means, no scaling), `"tf"` (scaled to [-1, 1]), or `"none"` where
-    the network holds its own rescaling (EfficientNet takes 0..255).
-    """
-
-    constructor: callable
-    input_size: int
-    preprocessing: str
-
-
-APPLICATIONS = {
-    "resnet50": Application(keras.applications.ResNet50, 224, "caffe"),
-    "mobilenetv2": Application(keras.applications.MobileNetV2, 224, "tf"),
-    "efficientnetb0": Application(keras.applications.EfficientNetB0, 224, "none"),
-    "vgg16": Application(keras.applications.VGG16, 224, "caffe"),
-}
-SCRATCH_ARCHS = ("dbr", "resnet", "speedrun")
-ARCHS = (*SCRATCH_ARCHS, *APPLICATIONS)
-# The smallest input keras.applications accepts for these networks without their classifier.
-MIN_INPUT_SIZE = 32
-# 'caffe' mode of keras.applications.imagenet_utils.preprocess_input: BGR channel means.
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-# ImageNet channel standard deviations (RGB), which keras.applications' EfficientNet uses.
-IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
-
-
-class WeightsError(Exception):
-    """Pretrained weights that cannot be had: no download (offline), or a file that does not fit."""
+ARCHS = vocabulary.ARCHS
 
 
 def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, input_size=None, freeze_backbone=False,
@@ -158,17 +120,17 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
     """
     if arch not in ARCHS:
         raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={arch!r}")
-    if width is not None and arch not in recipes.WIDTH_ARCHS:
-        raise ValueError(f"`width` applies to arch {recipes.WIDTH_ARCHS} only. Received: arch={arch!r}, width={width!r}")
+    if width is not None and arch not in vocabulary.WIDTH_ARCHS:
+        raise ValueError(f"`width` applies to arch {vocabulary.WIDTH_ARCHS} only. Received: arch={arch!r}, width={width!r}")
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = _augmentation(inputs, DEFAULT_AUGMENTATION.get(arch, "flip") if augment is None else augment)
-    if arch in APPLICATIONS:
-        x = _application_trunk(x, arch, weights, input_size, freeze_backbone)
+    if arch in backbones.APPLICATIONS:
+        x = backbones.application_trunk(x, arch, weights, input_size, freeze_backbone)
     else:
         for name, value, default in (("weights", weights, None), ("input_size", input_size, None), ("freeze_backbone", freeze_backbone, False)):
             if value != default:
                 raise ValueError(
-                    f"`{name}` applies to the keras.applications archs {tuple(APPLICATIONS)} only, "
+                    f"`{name}` applies to the keras.applications archs {tuple(backbones.APPLICATIONS)} only, "
                     f"not to arch={arch!r}, which trains from scratch. Received: {name}={value!r}"
                 )
         x = layers.Rescaling(1.0 / 255, name="scale_to_unit")(x)
@@ -183,6 +145,38 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
 def encoder_of(model):
     """The sub-model of a training model that maps pixels to the latent layer."""
     return keras.Model(model.inputs, model.get_layer(LATENT_LAYER).output, name="encoder")
+
+
+def scoring_model(model):
+    """A model sharing `model`'s weights whose outputs are the latent layer, then the classifier's, if any."""
+    latent = model.get_layer(LATENT_LAYER).output
+    has_classifier = latent is not model.outputs[0]
+    return keras.Model(model.inputs, [latent, model.outputs[0]] if has_classifier else [latent])
+
+
+def encode(model, images, tta=False, batch_size=vocabulary.ENCODE_BATCH_SIZE):
+    """The outputs of `model` for uint8 `images` `[n, h, w, c]`, in batches, without a progress bar.
+
+    Args:
+        model: an encoder, a `scoring_model`, or any model taking raw pixels.
+        images: the images, as the model takes them (raw 0..255 pixels).
+        tta: flip test-time augmentation: each output is the mean of the
+            image's and its mirror image's (colour images). Defaults to `False`.
+        batch_size: images per step. Defaults to `vocabulary.ENCODE_BATCH_SIZE`.
+
+    Returns:
+        The model's output array, or a list of them for a model of several outputs.
+    """
+    return (predict_with_flips if tta else predict)(model, images, batch_size)
+
+
+def binarise(latent):
+    """The codes of latent activations: uint8 0/1 bits, 1 where the activation is above `BIT_THRESHOLD`.
+
+    >>> binarise([[0.2, 0.7, 0.5]])
+    array([[0, 1, 0]], dtype=uint8)
+    """
+    return (np.asarray(latent) > BIT_THRESHOLD).astype(np.uint8)
 
 
 def predict(model, images, batch_size):
@@ -223,11 +217,6 @@ def unsynchronize_batch_norm(model):
     for layer in model._flatten_layers():
         if isinstance(layer, layers.BatchNormalization):
             layer.synchronized = False
-
-
-def in_backbone(variable_path):
-    """Whether a variable (by its `.path`) belongs to an application backbone built here."""
-    return BACKBONE_LAYER in variable_path.split("/")[:-1]
 
 
 def _dbr_trunk(x):
@@ -335,154 +324,6 @@ def _conv_bn_relu(x, filters, name):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
     x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, synchronized=synchronized_batch_norm, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
-
-
-# --- keras.applications backbones ---------------------------------------------------------
-
-
-def backbone_preprocessing(arch):
-    """The layers that turn resized 0..255 RGB pixels into what the backbone `arch` was trained on.
-
-    Built-in layers (plus `ReverseChannels`) reproducing
-    `keras.applications.<family>.preprocess_input`, so the model saves and
-    loads as `.keras` without custom functions. They compute in float32 so
-    that mixed precision does not round the mean subtraction.
-
-    Args:
-        arch: one of `APPLICATIONS`.
-
-    Returns:
-        A list of layers to apply in order; empty for EfficientNet, which
-        rescales inside the network.
-    """
-    mode = APPLICATIONS[arch].preprocessing
-    if mode == "caffe":
-        return [
-            ReverseChannels(dtype="float32", name="rgb_to_bgr"),
-            layers.Normalization(mean=CAFFE_BGR_MEAN, variance=(1.0, 1.0, 1.0), dtype="float32", name="subtract_imagenet_mean"),
-        ]
-    if mode == "tf":
-        return [layers.Rescaling(1.0 / 127.5, offset=-1.0, dtype="float32", name="scale_to_symmetric")]
-    return []
-
-
-def _application_trunk(inputs, arch, weights, input_size, freeze_backbone):
-    """Grey to RGB, resizing, preprocessing, the backbone and global average pooling."""
-    application = APPLICATIONS[arch]
-    input_size = application.input_size if input_size is None else input_size
-    if not (isinstance(input_size, int) and input_size >= MIN_INPUT_SIZE):
-        raise ValueError(f"`input_size` must be an integer of at least {MIN_INPUT_SIZE}. Received: input_size={input_size!r}")
-    channels = inputs.shape[-1]
-    if channels not in (1, 3):
-        raise ValueError(
-            f"arch={arch!r} takes grey (1-channel) or colour (3-channel) images. Received: input_shape={tuple(inputs.shape[1:])}"
-        )
-    x = inputs
-    if channels == 1:
-        x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
-    x = layers.Resizing(input_size, input_size, name="resize")(x)
-    for layer in backbone_preprocessing(arch):
-        x = layer(x)
-    backbone = Backbone(_application_network(arch, weights, input_size), name=BACKBONE_LAYER)
-    backbone.trainable = not freeze_backbone
-    x = backbone(x)
-    return layers.GlobalAveragePooling2D(name="global_pool")(x)
-
-
-def _application_network(arch, weights, input_size):
-    """The `keras.applications` network without its classifier, its variables under `BACKBONE_LAYER/`."""
-    application = APPLICATIONS[arch]
-    weights_file = weights not in (None, "imagenet")
-    try:
-        with keras.name_scope(BACKBONE_LAYER):
-            network = application.constructor(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
-    except Exception as error:  # Keras raises a bare Exception for a failed download
-        fetch_failure = re.search(r"URL fetch failure on (\S+): (.*)", str(error))
-        if weights == "imagenet" and fetch_failure:
-            url, reason = fetch_failure.groups()
-            reason = reason.removeprefix("None -- ")  # Keras's "<HTTP code> -- <reason>", no code offline
-            raise WeightsError(
-                f"Could not download the ImageNet weights of {arch} ({reason}): is this machine offline? "
-                f"Fetch {url} on a connected machine, then pass that file with --weights PATH "
-                f"(weights=PATH), or put it in ~/.keras/models/ and keep --weights imagenet."
-            ) from None
-        if weights_file and isinstance(error, (ValueError, OSError)):
-            raise WeightsError(f"Could not load the weights file {weights} into {arch}: {error}") from None
-        raise
-    if weights_file and application.constructor is keras.applications.EfficientNetB0:
-        _match_imagenet_scaling(network)
-    return network
-
-
-def _match_imagenet_scaling(network):
-    """Gives an EfficientNet loaded from a local ImageNet file the input scaling `weights="imagenet"` gets.
-
-    keras.applications adds a `Rescaling(1 / sqrt(stddev))` after the input
-    `Normalization` only when `weights == "imagenet"`, not for a file of the very
-    same weights. Dividing by `sqrt(stddev)` after dividing by `sqrt(variance)`
-    equals dividing by `sqrt(variance * stddev)`, so the variance is scaled instead.
-    """
-    normalization = next(layer for layer in network.layers if isinstance(layer, layers.Normalization))
-    normalization.adapt_variance.assign(ops.multiply(normalization.adapt_variance, np.array(IMAGENET_STDDEV_RGB, "float32")))
-    normalization.finalize_state()
-
-
-@keras.saving.register_keras_serializable(package="deephash")
-class ReverseChannels(layers.Layer):
-    """Reverses the order of the last (channel) axis: RGB to BGR, as Caffe-trained networks expect.
-
-    Example:
-
-    >>> keras.ops.convert_to_numpy(ReverseChannels()(np.array([[1.0, 2.0, 3.0]]))).tolist()
-    [[3.0, 2.0, 1.0]]
-    """
-
-    def call(self, inputs):
-        return ops.flip(inputs, axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
-@keras.saving.register_keras_serializable(package="deephash")
-class Backbone(layers.Layer):
-    """Wraps a `keras.applications` network so its variables keep the path prefix `<name>/`.
-
-    A nested functional model's variable paths are those of its own layers
-    (`Conv1/kernel`), and after `keras.saving.load_model` they lose any name
-    scope they were built under. This layer rebuilds its network under its own
-    name scope when loaded, so `backbone/Conv1/kernel` stays the same across
-    save and load, and the optimiser (`train.RateScaleMixin`) can find the
-    backbone's variables by path. A frozen backbone (`trainable = False`) runs
-    in inference mode: batch norm on its moving statistics, no dropout.
-
-    Args:
-        network: a `keras.Model`, built under `keras.name_scope(name)`.
-        **kwargs: `keras.layers.Layer` arguments, e.g. `name`.
-    """
-
-    def __init__(self, network, **kwargs):
-        super().__init__(**kwargs)
-        self.network = network
-
-    def build(self, input_shape):
-        self.built = True
-
-    def call(self, inputs, training=None):
-        return self.network(inputs, training=training if self.trainable else False)
-
-    def compute_output_shape(self, input_shape):
-        return self.network.compute_output_shape(input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), "network": keras.saving.serialize_keras_object(self.network)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        with keras.name_scope(config["name"]):
-            network = keras.saving.deserialize_keras_object(config.pop("network"))
-        return cls(network, **config)
 
 
 @keras.saving.register_keras_serializable(package="deephash")

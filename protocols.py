@@ -24,6 +24,8 @@ import dataclasses
 
 import numpy as np
 
+import data
+
 SOURCES = ("train", "test", "database")
 PROTOCOLS = ("dlbhc", "dbr", "dhn", "cifar10-1", "nuswide", "imagenet100", "folder")
 DEFAULT_TOP = {"dlbhc": 1000, "dbr": 1000, "dhn": "all", "cifar10-1": "all", "nuswide": 5000, "imagenet100": 1000, "folder": "all"}
@@ -143,3 +145,85 @@ def _pooled_split(protocol, train_labels, test_labels, seed):
     excluded = queries if protocol == "cifar10-1" else np.concatenate([queries, training])
     database = np.setdiff1d(np.arange(len(pool_labels)), excluded)
     return Split(protocol, train=pool.subset(training), database=pool.subset(database), queries=pool.subset(queries), top=DEFAULT_TOP[protocol])
+
+
+# --- the run's split: the protocol, then the command line's --val-size, --train-size, --queries ---
+
+
+def select_split(config, dataset):
+    """Applies the config's protocol, then `--val-size`, `--train-size` and `--queries`, all seeded.
+
+    Args:
+        config: a run config (`options.resolve_args`): `protocol`, `seed`, `val_size`,
+            `train_size` and `queries` are read.
+        dataset: a `data.Dataset`.
+
+    Returns:
+        A `Split`. With `--val-size`, the queries are held out of the
+        training split and the database is the rest of it: the test split is not
+        looked at, which is how settings are chosen. The database comes in a
+        seeded random order (see `shuffled`).
+    """
+    seed = config["seed"]
+    labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
+    split = make_split(config["protocol"], labels, seed)
+    if config["val_size"] is not None:
+        split = _validation_split(split, dataset.y_train, config["val_size"], seed)
+    if config["train_size"] is not None:
+        split = _smaller_training_set(split, dataset, config["train_size"], seed)
+    if config["queries"] is not None:
+        available = len(split.queries)
+        if config["queries"] > available:
+            source = "validation" if config["val_size"] else "test"
+            raise ProtocolError(f"--queries must be at most {available} (the {source} split's size), got {config['queries']}")
+        split.queries = split.queries.subset(data.draw_queries(available, config["queries"], seed))
+    split.database = shuffled(split.database, seed)
+    return split
+
+
+def _validation_split(split, train_labels, val_size, seed):
+    """Queries held out of the training items; the database and training set are the rest of them."""
+    if val_size >= len(split.train):
+        raise ProtocolError(f"--val-size must be below the {len(split.train)} training images, got {val_size}")
+    rest, held_out = data.holdout_split(split.train.gather([train_labels, None, None]), val_size, seed)
+    remaining = split.train.subset(rest)
+    return Split(split.protocol, train=remaining, database=remaining, queries=split.train.subset(held_out), top=split.top)
+
+
+def _smaller_training_set(split, dataset, train_size, seed):
+    """`--train-size`: a class-balanced draw of the training items, which is also the database."""
+    if split.protocol not in ("dlbhc", "dbr"):
+        raise ProtocolError(f"--train-size applies to the dlbhc and dbr protocols, not {split.protocol}, whose training set is fixed")
+    num_classes = len(dataset.class_names)
+    if train_size < num_classes:
+        raise ProtocolError(f"--train-size must be at least the number of classes, {num_classes}, got {train_size}")
+    if train_size > len(split.train):
+        raise ProtocolError(f"--train-size must be at most {len(split.train)} (the training images available), got {train_size}")
+    drawn = split.train.subset(_balanced(split.train.gather([dataset.y_train, None, None]), train_size, seed))
+    return Split(split.protocol, train=drawn, database=drawn, queries=split.queries, top=split.top)
+
+
+def _balanced(labels, n, seed):
+    try:
+        return data.balanced_subset(labels, n, seed)
+    except ValueError as error:
+        raise ProtocolError(f"--train-size: {error}") from None
+
+
+def resolve_top(top, database_size, default):
+    """The integer k to evaluate at, and a note for the user when the default had to be clipped.
+
+    Args:
+        top: `--top` as parsed: `None` (use `default`), `"all"` or an integer.
+        database_size: number of database items.
+        default: the protocol's own k, an integer or `"all"` (`Split.top`).
+    """
+    if top is None:
+        top = default
+        if top != "all" and database_size < top:
+            return database_size, f"note: --top {top} clipped to the database size, {database_size}"
+    if top == "all":
+        return database_size, None
+    if top > database_size:
+        raise ProtocolError(f"--top must be at most the database size, {database_size}, got {top}")
+    return top, None

@@ -22,6 +22,8 @@ No Keras here: `retrieval.py` reads these names and values while it checks its
 arguments, before TensorFlow is imported.
 """
 
+import vocabulary
+
 AUTO = "auto"
 SPEEDRUN = "speedrun"
 DBR = "dbr"
@@ -92,9 +94,6 @@ METHOD_SETTINGS = {
     SPEEDRUN: {"dbr": {"loss_scale": 8.0}, "hadamard": {"loss_scale": 8.0}, "dnnh": {"loss_scale": 0.1}},
 }
 
-# Settings that apply only to some runs: the arch, method or image kind each needs.
-WIDTH_ARCHS = ("resnet", "speedrun")
-LABEL_SMOOTHING_METHODS = ("dlbhc",)
 
 
 def choose(name, arch):
@@ -138,9 +137,9 @@ def fill(config, recipe, colour, train_size):
     if recipe == SPEEDRUN and train_size < SMALL_DATA_IMAGES:
         settings.update(SMALL_DATA)
     settings.update(METHOD_SETTINGS.get(recipe, {}).get(config["method"], {}))
-    if config["arch"] not in WIDTH_ARCHS:
+    if config["arch"] not in vocabulary.WIDTH_ARCHS:
         settings["width"] = None
-    if config["method"] not in LABEL_SMOOTHING_METHODS:
+    if not vocabulary.applies("label_smoothing", config["method"]):
         settings["label_smoothing"] = None
     if not colour:
         settings["tta"] = False

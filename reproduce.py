@@ -12,12 +12,13 @@ with the command that reproduces it, followed by the seeds' published numbers fo
 same protocol. Published rows whose data cannot be had offline say so.
 """
 
-import argparse
 import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import options
 
 REPO = Path(__file__).resolve().parent
 RESULTS_FILE = "results.md"
@@ -33,7 +34,7 @@ PUBLISHED = [
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(prog="reproduce.py", description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["dbr", "dlbhc"], help="methods to run (default: %(default)s)")
     parser.add_argument("--bits", nargs="+", type=int, default=[12, 48], help="code lengths (default: %(default)s)")
     parser.add_argument("--protocol", default="dlbhc", help="evaluation protocol (default: %(default)s)")

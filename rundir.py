@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 PROJECT_VERSION = "0.1.0"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -152,3 +154,26 @@ def _git_commit():
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{commit}+dirty" if dirty else commit
+
+
+def write_codes(path, db_bits, query_bits, db_labels, query_labels, split):
+    """Writes `codes.h5`: the codes, labels and places of exactly the evaluated items.
+
+    `db_index`/`query_index` are positions within the source split named, item by
+    item, by `db_source`/`query_source` (indices into `protocols.SOURCES`:
+    train, test, database).
+    """
+    import h5py
+
+    import protocols
+
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as codes:
+        codes["db_bits"] = db_bits
+        codes["query_bits"] = query_bits
+        codes["db_labels"] = db_labels.astype(np.int64)
+        codes["query_labels"] = query_labels.astype(np.int64)
+        for role, items in (("db", split.database), ("query", split.queries)):
+            codes[f"{role}_index"] = items.positions
+            codes[f"{role}_source"] = items.sources
+            codes[f"{role}_source"].attrs["sources"] = list(protocols.SOURCES)
+        codes.attrs["protocol"] = split.protocol

@@ -24,7 +24,6 @@ Arguments and the index are checked before Keras is imported; a mistake ends wit
 message and exit status 2, and never changes the index.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -34,14 +33,13 @@ import numpy as np
 
 import data
 import index as index_file
+import options
 import rundir
+import vocabulary
 
-# engines.ENGINES, repeated so that parsing never imports an engine's dependencies.
-ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih", "backend")
 FEATURE_CHOICES = ("none", "latent", "penultimate")
 SPLITS = ("train", "test")
 DEFAULT_K = 10
-ENCODE_BATCH_SIZE = 512
 DECODE_CHUNK = 2048  # folder images decoded and encoded this many at a time, bounding memory
 GRID_IMAGE_SIZE = 96  # pixels, the side of each folder image drawn in the grid
 DATASET_ORDER_SEED = 0  # the seed of the order `encode --dataset` stores a dataset in
@@ -55,7 +53,7 @@ class UsageError(Exception):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="search.py", description="Index images by binary code and search the index.")
+    parser = options.ArgumentParser(prog="search.py", description="Index images by binary code and search the index.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     encode = commands.add_parser("encode", help="encode images or a dataset into an index file")
@@ -80,7 +78,7 @@ def build_parser():
     add("-k", "--k", type=int, default=None, help=f"number of results per query (default: {DEFAULT_K}, clipped to the index size)")
     add("--radius", type=int, default=None, help="return every item within this Hamming distance, 0..bits, instead of the top k")
     add("--rerank", type=int, default=None, help="re-rank the N nearest by Hamming by Euclidean distance of the stored features, N >= k")
-    add("--engine", default="exact", choices=ENGINES, help="search engine (default: %(default)s)")
+    add("--engine", default="exact", choices=vocabulary.ENGINES, help="search engine (default: %(default)s)")
     add("--json", action="store_true", help="print the results as JSON (schema in the README) instead of a table")
     add("--grid", default=None, help="also draw the queries and their results into this PNG file")
     return parser
@@ -221,14 +219,12 @@ def _encode_images(encoder, features_model, images, tta):
     import evaluate
     import models
 
-    predict = models.predict_with_flips if tta else models.predict
     if features_model is None:
-        latent = predict(encoder, images, ENCODE_BATCH_SIZE)
-        features = None
+        latent, features = models.encode(encoder, images, tta), None
     else:
-        latent, features = predict(features_model, images, ENCODE_BATCH_SIZE)
+        latent, features = models.encode(features_model, images, tta)
         features = np.asarray(features, dtype=np.float16).reshape(len(images), -1)
-    codes = evaluate.pack_bits(np.asarray(latent) > models.BIT_THRESHOLD)
+    codes = evaluate.pack_bits(models.binarise(latent))
     return codes, features
 
 
@@ -376,7 +372,7 @@ def _encode_queries(encoder, features_model, images, tta):
     else:
         latent, features = outputs(features_model)
         features = features.reshape(len(images), -1).astype(np.float16).astype(np.float32)
-    return evaluate.pack_bits(latent > models.BIT_THRESHOLD), features
+    return evaluate.pack_bits(models.binarise(latent)), features
 
 
 def _rerank(index, query_feature, distances, ids, k):

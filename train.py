@@ -15,7 +15,9 @@ from pathlib import Path
 import keras
 from keras import ops
 
+import backbones
 import models
+import vocabulary
 
 # The optimisers the original tool offered, by name and by its numeric code.
 # Learning rates follow the original (Keras 2 defaults), not Keras 3's.
@@ -24,7 +26,7 @@ OPTIMIZERS = {
     "sgd": (keras.optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True}),
     "adam": (keras.optimizers.Adam, {"learning_rate": 0.001}),
 }
-SCHEDULES = ("constant", "cosine", "triangular")
+SCHEDULES = vocabulary.SCHEDULES
 # Share of all steps spent warming the rate up from zero under the cosine schedule.
 WARMUP_FRACTION = 0.05
 # The speed-runs' triangle: from TRIANGLE_START x the peak up to the peak over the first
@@ -36,8 +38,6 @@ TRIANGLE_PEAK_FRACTION = 0.23
 # roughly the last 1 / (1 - momentum) steps.
 EMA_MOMENTUM = 0.98
 BACKUP_METADATA = "training_metadata.json"
-# Learning rate of a pretrained backbone relative to the hash head (DLBHC trained its new layers 10x faster).
-BACKBONE_LR_SCALE = 0.1
 
 
 def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None, weight_decay=None,
@@ -52,7 +52,7 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
             `total_steps`; or `"triangular"` (see `Triangular`). Defaults to `"constant"`.
         total_steps: number of training steps; needed by `"cosine"`. Defaults to `None`.
         backbone_lr_scale: a factor on the learning rate of the variables of a
-            `keras.applications` backbone (`models.in_backbone`); the optimiser
+            `keras.applications` backbone (`backbones.in_backbone`); the optimiser
             is then the `BackboneRateMixin` variant of `name`. Defaults to
             `None`: one rate for every variable.
         weight_decay: decoupled weight decay (Keras's: each step shrinks every
@@ -147,7 +147,7 @@ class RateScaleMixin:
     `BaseOptimizer._backend_update_step` on JAX, from its TensorFlow override
     on TensorFlow); this mixin multiplies `learning_rate` there by
     `backbone_lr_scale` for the variables whose path lies under the backbone
-    (`models.in_backbone`) and by `norm_bias_lr_scale` for batch norm biases
+    (`backbones.in_backbone`) and by `norm_bias_lr_scale` for batch norm biases
     (`models.is_norm_bias`), so such a variable takes exactly the step the
     optimiser would take at the scaled rate, and the rest take the full rate.
     Weight decay (`--weight-decay`) is not scaled: a backbone decays at the
@@ -157,7 +157,7 @@ class RateScaleMixin:
 
     Args:
         backbone_lr_scale: factor on the backbone's learning rate, positive.
-            Defaults to `BACKBONE_LR_SCALE`.
+            Defaults to `vocabulary.BACKBONE_LR_SCALE`.
         norm_bias_lr_scale: factor on the batch norm biases' learning rate,
             positive. Defaults to 1.
         **kwargs: the optimiser's own arguments.
@@ -167,7 +167,7 @@ class RateScaleMixin:
     >>> optimizer = RateScaleAdam(learning_rate=1e-3, backbone_lr_scale=0.1)
     """
 
-    def __init__(self, *args, backbone_lr_scale=BACKBONE_LR_SCALE, norm_bias_lr_scale=1.0, **kwargs):
+    def __init__(self, *args, backbone_lr_scale=vocabulary.BACKBONE_LR_SCALE, norm_bias_lr_scale=1.0, **kwargs):
         for name, value in (("backbone_lr_scale", backbone_lr_scale), ("norm_bias_lr_scale", norm_bias_lr_scale)):
             if not value > 0:
                 raise ValueError(f"`{name}` must be positive. Received: {name}={value}")
@@ -181,7 +181,7 @@ class RateScaleMixin:
         # On TensorFlow `variable` is the backend's own variable, which has no
         # Keras path: look the Keras variable up by index, as Adam does for its moments.
         path = self._trainable_variables[self._get_variable_index(variable)].path
-        if models.in_backbone(path):
+        if backbones.in_backbone(path):
             learning_rate = ops.multiply(learning_rate, self.backbone_lr_scale)
         elif models.is_norm_bias(path):
             learning_rate = ops.multiply(learning_rate, self.norm_bias_lr_scale)

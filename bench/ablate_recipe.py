@@ -15,11 +15,13 @@ whose report is already there is not run again, so a stopped ablation resumes
 where it stopped. The last output is a Markdown table, one line per trick removed.
 """
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import options  # noqa: E402  (after the path: the bench runs from anywhere)
 
 BENCH = Path(__file__).resolve().parent
 # Each trick of the speed-run recipe and the flags that remove it (or, for the network, swap
@@ -39,7 +41,7 @@ BITS = 48
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="ablate_recipe.py", description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(prog="ablate_recipe.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="offline CIFAR-10 copy (default: the keras.datasets download)")
     parser.add_argument("--out-dir", required=True, help="folder for the runs and reports.jsonl (created if missing; rerun to resume)")
     parser.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE, help="training images held out as validation queries (default: %(default)s)")

@@ -24,7 +24,6 @@ machine slow every row.
     python bench/eval_bench.py [--json results.json] [--backend tensorflow]
 """
 
-import argparse
 import json
 import os
 import platform
@@ -35,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import options  # noqa: E402  (after the path: the bench runs from anywhere)
 
 CONFIG = {
     "nq": 10_000,  # queries
@@ -50,7 +51,7 @@ CONFIG = {
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the results here. Defaults to none.")
     parser.add_argument(
         "--backend",

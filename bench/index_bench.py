@@ -50,7 +50,6 @@ Three measurements, each against a target of issue 4:
 Prints a table and one JSON line; `--json FILE` saves everything, with the load average per section.
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -66,6 +65,8 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+import options  # noqa: E402  (after the path: the bench runs from anywhere)
 
 SEARCH_PY = REPO_ROOT / "search.py"
 DEFAULT_SIZES = [1_000_000]
@@ -86,7 +87,7 @@ CIFAR10_TEST_IMAGES = 10_000
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated random index sizes. Defaults to 1000000.")
     parser.add_argument("--bits", type=int, default=DEFAULT_BITS, help="bits of the random codes. Defaults to 64.")
     parser.add_argument("--command-runs", type=int, default=COMMAND_RUNS, help="subprocess runs of the whole query command; 0 for none. Defaults to 3.")

@@ -11,13 +11,15 @@ is that of the whole command, Python start-up and data loading included; the run
 after `--` go to `retrieval.py` unchanged. Prints one JSON line with the figures.
 """
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import options  # noqa: E402  (after the path: the bench runs from anywhere)
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {
@@ -27,7 +29,7 @@ PRESETS = {
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("preset", choices=tuple(PRESETS))
     parser.add_argument("--data-dir", default=None, help="offline dataset copy (default: keras.datasets download)")
     parser.add_argument("extra", nargs="*", help="further retrieval.py arguments, after --")

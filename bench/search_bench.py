@@ -27,7 +27,6 @@ process's maximum resident set (`resource.getrusage`), which only grows: read it
                                  [--json results.json] [--threads 2]
 """
 
-import argparse
 import json
 import os
 import platform
@@ -39,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import options  # noqa: E402  (after the path: the bench runs from anywhere)
 
 CONFIG = {
     "nq": 1000,  # queries per timed search call
@@ -55,7 +56,7 @@ CONFIG = {
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sizes",
         default=",".join(str(size) for size in CONFIG["sizes"]),

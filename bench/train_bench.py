@@ -42,6 +42,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import options  # noqa: E402
+import protocols  # noqa: E402
 import retrieval  # noqa: E402  (after the path: the bench runs from anywhere)
 import rundir  # noqa: E402
 
@@ -60,7 +62,7 @@ def main(argv=None):
     own, rest = parser.parse_known_args(argv)
     if own.eval_every < 1:
         parser.error(f"--eval-every must be at least 1, got {own.eval_every}")
-    retrieval_parser = retrieval.build_parser()
+    retrieval_parser = options.build_parser()
     retrieval_parser.prog = parser.prog  # its errors are this command's
     with tempfile.TemporaryDirectory() as scratch:
         args = retrieval_parser.parse_args([*rest, "-s", "0"] + ([] if "--out" in rest else ["--out", str(Path(scratch) / "run")]))
@@ -84,7 +86,7 @@ def benchmark(config, eval_every):
     started = time.perf_counter()
     arrays = retrieval.load_arrays(config)
     load_seconds = time.perf_counter() - started
-    top = retrieval.resolve_top(config["top"], len(arrays.db_y), arrays.split.top)[0]
+    top = protocols.resolve_top(config["top"], len(arrays.db_y), arrays.split.top)[0]
     probe = epoch_probe(arrays, top, Path(config["out"]), eval_every)
     metrics = retrieval.run(config, verbose=0, callbacks=[probe])
     return {
@@ -153,6 +155,7 @@ def epoch_probe(arrays, top, out, eval_every):
     import keras
 
     import evaluate
+    import models
 
     class Probe(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
@@ -161,7 +164,7 @@ def epoch_probe(arrays, top, out, eval_every):
             self.input_seconds = input_pipeline_seconds(arrays.train_x, targets, self.config["batch_size"], self.config["seed"])
             self.rows, self.step_seconds, self.train_seconds = [], [], 0.0
             self.compile_seconds = 0.0
-            self.scorer = retrieval.scoring_model(self.model)  # built once: its predict step compiles once
+            self.scorer = models.scoring_model(self.model)  # built once: its predict step compiles once
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_started = self.step_started = time.perf_counter()
@@ -186,8 +189,8 @@ def epoch_probe(arrays, top, out, eval_every):
 
         def scores(self):
             started = time.perf_counter()
-            db_latent, query_latent, accuracy = retrieval.encode(self.scorer, arrays.db_x, arrays.query_x, arrays.query_y, tta=self.config["tta"])
-            result = evaluate.evaluate_retrieval(retrieval.binarise(query_latent), arrays.query_y, retrieval.binarise(db_latent), arrays.db_y, top)
+            db_latent, query_latent, accuracy = retrieval.encode_split(self.scorer, arrays.db_x, arrays.query_x, arrays.query_y, tta=self.config["tta"])
+            result = evaluate.evaluate_retrieval(models.binarise(query_latent), arrays.query_y, models.binarise(db_latent), arrays.db_y, top)
             scores = {f"mAP@{top}": round(result["mAP"], 4)}
             if accuracy is not None:
                 scores["accuracy"] = round(accuracy, 4)

@@ -11,7 +11,6 @@ held-out images must then not have been trained on: a run made with the same
 `--val-size`). Prints one JSON line.
 """
 
-import argparse
 import json
 import sys
 import time
@@ -19,12 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import options
+import protocols
 import retrieval  # noqa: E402  (after the path: the bench runs from anywhere)
 import rundir  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished run folder (config.json and model.keras)")
     parser.add_argument("--val-size", type=int, default=None, help="score N held-out training images instead of the run's queries (default: the run's own)")
     args = parser.parse_args(argv)
@@ -33,7 +34,7 @@ def main(argv=None):
     run = Path(args.run)
     if not (run / rundir.MODEL_FILE).is_file() or not (run / rundir.CONFIG_FILE).is_file():
         parser.error(f"{run} is not a finished run: it needs {rundir.CONFIG_FILE} and {rundir.MODEL_FILE}")
-    config = retrieval.with_settings_added_since(rundir.read_json(run / rundir.CONFIG_FILE), run)
+    config = rundir.read_json(run / rundir.CONFIG_FILE)
     if args.val_size is not None:
         config["val_size"] = args.val_size
     try:
@@ -50,21 +51,21 @@ def measure(config, model_path):
 
     import evaluate
     import methods  # noqa: F401  (registers the losses a saved model may name)
-    import models  # noqa: F401  (registers the layers)
+    import models
     import train  # noqa: F401  (registers the optimisers)
 
     arrays = retrieval.load_arrays(config)
     if arrays.train_x.shape[-1] != 3:
-        raise retrieval.UsageError("flip test-time augmentation applies to colour images only; this run's are grey")
-    top = retrieval.resolve_top(config.get("top"), len(arrays.db_y), arrays.split.top)[0]
-    scorer = retrieval.scoring_model(keras.saving.load_model(model_path))
+        raise options.UsageError("flip test-time augmentation applies to colour images only; this run's are grey")
+    top = protocols.resolve_top(config.get("top"), len(arrays.db_y), arrays.split.top)[0]
+    scorer = models.scoring_model(keras.saving.load_model(model_path))
     report = {"model": str(model_path), "num_queries": len(arrays.query_y), "num_database": len(arrays.db_y),
               "query_source": "validation" if config.get("val_size") else "test"}
     for tta in (False, True):
         started = time.perf_counter()
-        db_latent, query_latent, accuracy = retrieval.encode(scorer, arrays.db_x, arrays.query_x, arrays.query_y, tta=tta)
+        db_latent, query_latent, accuracy = retrieval.encode_split(scorer, arrays.db_x, arrays.query_x, arrays.query_y, tta=tta)
         encode_seconds = time.perf_counter() - started
-        scores = evaluate.evaluate_retrieval(retrieval.binarise(query_latent), arrays.query_y, retrieval.binarise(db_latent), arrays.db_y, top)
+        scores = evaluate.evaluate_retrieval(models.binarise(query_latent), arrays.query_y, models.binarise(db_latent), arrays.db_y, top)
         report["tta" if tta else "plain"] = {
             f"mAP@{top}": round(scores["mAP"], 4), f"precision@{top}": round(scores["precision"], 4),
             **({"accuracy": round(accuracy, 4)} if accuracy is not None else {}), "encode_seconds": round(encode_seconds, 1),

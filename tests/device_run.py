@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import devices  # noqa: E402  (needs sys.path)
+import options
 import retrieval  # noqa: E402
 
 
@@ -20,7 +21,7 @@ def main(result_path, argv):
     """Trains as `retrieval.main(argv)` would, recording the training loss after every epoch."""
     import keras
 
-    config = devices.worker_config(retrieval.resolve_args(retrieval.build_parser().parse_args(argv)))
+    config = devices.worker_config(options.resolve_args(options.build_parser().parse_args(argv)))
     losses = []
     recorder = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: losses.append(float(logs["loss"])))
     metrics = retrieval.run(config, verbose=0, callbacks=[recorder])

@@ -8,14 +8,16 @@ import pytest
 from PIL import Image
 
 import methods
+import backbones
 import models
 import retrieval
 import rundir
 import train
+import vocabulary
 from cli import fails_with
 
 
-@pytest.mark.parametrize("arch", models.SCRATCH_ARCHS)
+@pytest.mark.parametrize("arch", vocabulary.SCRATCH_ARCHS)
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (32, 32, 3), (20, 24, 4)])
 def test_encoder_takes_any_image_shape_and_ends_in_sigmoid_bits(arch, input_shape):
     encoder = models.build_encoder(arch, input_shape, bits=12)
@@ -111,25 +113,25 @@ def tiny_backbone_encoder(arch="mobilenetv2", input_shape=(32, 32, 3), bits=8, *
     return models.build_encoder(arch, input_shape, bits, input_size=TINY_BACKBONE_SIZE, **options)
 
 
-@pytest.mark.parametrize("arch", tuple(models.APPLICATIONS))
+@pytest.mark.parametrize("arch", tuple(backbones.APPLICATIONS))
 def test_application_backbone_builds_from_raw_pixels_to_sigmoid_bits(arch):
     encoder = tiny_backbone_encoder(arch, input_shape=(24, 40, 3), bits=12)
     latent = keras.ops.convert_to_numpy(encoder(random_pixels((2, 24, 40, 3)), training=False))
     assert latent.shape == (2, 12) and np.all((latent > 0) & (latent < 1))
     names = [layer.name for layer in encoder.layers]
-    preprocessing = [layer.name for layer in models.backbone_preprocessing(arch)]
-    assert names == ["pixels", "random_flip", "resize", *preprocessing, models.BACKBONE_LAYER, "global_pool", models.LATENT_LAYER]
+    preprocessing = [layer.name for layer in backbones.backbone_preprocessing(arch)]
+    assert names == ["pixels", "random_flip", "resize", *preprocessing, backbones.BACKBONE_LAYER, "global_pool", models.LATENT_LAYER]
     assert encoder.get_layer("resize").output.shape == (None, TINY_BACKBONE_SIZE, TINY_BACKBONE_SIZE, 3)
     paths = [variable.path for variable in encoder.trainable_variables]
     assert paths[-2:] == ["latent/kernel", "latent/bias"]
-    assert all(models.in_backbone(path) for path in paths[:-2]) and not models.in_backbone(paths[-1])
+    assert all(backbones.in_backbone(path) for path in paths[:-2]) and not backbones.in_backbone(paths[-1])
 
 
-@pytest.mark.parametrize("arch", tuple(models.APPLICATIONS))
+@pytest.mark.parametrize("arch", tuple(backbones.APPLICATIONS))
 def test_preprocessing_layers_match_keras_preprocess_input(arch):
     pixels = random_pixels((2, 5, 7, 3))
     x = pixels
-    for layer in models.backbone_preprocessing(arch):
+    for layer in backbones.backbone_preprocessing(arch):
         x = layer(x)
     expected = PREPROCESS_INPUT[arch](pixels.copy())
     np.testing.assert_allclose(keras.ops.convert_to_numpy(x), expected, atol=1e-5)
@@ -147,7 +149,7 @@ def test_grey_images_are_repeated_to_three_channels():
 def test_frozen_backbone_is_not_trained_and_runs_in_inference_mode(tmp_path):
     encoder = tiny_backbone_encoder(input_shape=(32, 32, 1), freeze_backbone=True)
     assert [variable.path for variable in encoder.trainable_variables] == ["latent/kernel", "latent/bias"]
-    backbone = encoder.get_layer(models.BACKBONE_LAYER)
+    backbone = encoder.get_layer(backbones.BACKBONE_LAYER)
     pixels = random_pixels((4, 32, 32, 3)) / 127.5 - 1
     # Batch norm on its moving statistics even in training mode: the same output either way.
     np.testing.assert_allclose(backbone(pixels, training=True), backbone(pixels, training=False), atol=1e-6)
@@ -157,7 +159,7 @@ def test_frozen_backbone_is_not_trained_and_runs_in_inference_mode(tmp_path):
 
 
 def test_unfrozen_backbone_trains_in_training_mode():
-    backbone = tiny_backbone_encoder(input_shape=(32, 32, 1)).get_layer(models.BACKBONE_LAYER)
+    backbone = tiny_backbone_encoder(input_shape=(32, 32, 1)).get_layer(backbones.BACKBONE_LAYER)
     pixels = random_pixels((4, 32, 32, 3)) / 127.5 - 1
     assert not np.allclose(backbone(pixels, training=True), backbone(pixels, training=False), atol=1e-3)
 
@@ -175,12 +177,6 @@ def test_backbone_options_are_checked(arch, options, message):
     options = {"input_shape": (32, 32, 3), **options}
     with pytest.raises(ValueError, match=message):
         models.build_encoder(arch, options.pop("input_shape"), 8, **options)
-
-
-def test_cli_backbone_sizes_match_the_models():
-    assert retrieval.APPLICATION_INPUT_SIZES == {arch: app.input_size for arch, app in models.APPLICATIONS.items()}
-    assert retrieval.MIN_BACKBONE_SIZE == models.MIN_INPUT_SIZE
-    assert retrieval.DEFAULTS["backbone_lr_scale"] == train.BACKBONE_LR_SCALE
 
 
 # --- weights ------------------------------------------------------------------------------
@@ -201,7 +197,7 @@ def offline(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")  # 32: MobileNetV2 picks its 224 file
 def test_offline_imagenet_weights_say_how_to_pass_a_file(offline):
-    with pytest.raises(models.WeightsError) as error:
+    with pytest.raises(backbones.WeightsError) as error:
         models.build_encoder("mobilenetv2", (32, 32, 3), 8, weights="imagenet")
     message = str(error.value)
     assert "offline" in message and "--weights PATH" in message and "\n" not in message
@@ -214,11 +210,11 @@ def test_weights_file_is_loaded_into_the_backbone(tmp_path):
     network = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
     network.save_weights(tmp_path / "mobilenetv2.weights.h5")
     encoder = tiny_backbone_encoder(weights=str(tmp_path / "mobilenetv2.weights.h5"))
-    loaded = encoder.get_layer(models.BACKBONE_LAYER).network
+    loaded = encoder.get_layer(backbones.BACKBONE_LAYER).network
     for expected, actual in zip(network.weights, loaded.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(expected), keras.ops.convert_to_numpy(actual))
     keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(tmp_path / "vgg16.weights.h5")
-    with pytest.raises(models.WeightsError, match="Could not load the weights file"):
+    with pytest.raises(backbones.WeightsError, match="Could not load the weights file"):
         tiny_backbone_encoder(weights=str(tmp_path / "vgg16.weights.h5"))
 
 
@@ -227,9 +223,9 @@ def test_efficientnet_weights_file_gets_the_imagenet_input_scaling(tmp_path):
     network = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
     network.save_weights(tmp_path / "efficientnetb0.weights.h5")  # input normalisation variance 1
     encoder = tiny_backbone_encoder("efficientnetb0", weights=str(tmp_path / "efficientnetb0.weights.h5"))
-    loaded = encoder.get_layer(models.BACKBONE_LAYER).network
+    loaded = encoder.get_layer(backbones.BACKBONE_LAYER).network
     normalization = next(layer for layer in loaded.layers if isinstance(layer, keras.layers.Normalization))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalization.variance).ravel(), models.IMAGENET_STDDEV_RGB, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalization.variance).ravel(), backbones.IMAGENET_STDDEV_RGB, rtol=1e-6)
 
 
 # --- a smaller learning rate on the backbone ------------------------------------------------
@@ -238,7 +234,7 @@ def test_efficientnet_weights_file_gets_the_imagenet_input_scaling(tmp_path):
 @pytest.mark.parametrize("name", tuple(train.OPTIMIZERS))
 def test_backbone_variables_take_scaled_steps(name):
     gradient = np.array([0.5, -2.0, 1e-3, 3.0], "float32")
-    with keras.name_scope(models.BACKBONE_LAYER):
+    with keras.name_scope(backbones.BACKBONE_LAYER):
         backbone_weight = keras.Variable(np.ones(4, "float32"), name="kernel")
     head_weight, plain_weight = (keras.Variable(np.ones(4, "float32"), name="kernel") for _ in range(2))
     assert backbone_weight.path == "backbone/kernel" and head_weight.path == "kernel"

@@ -14,6 +14,7 @@ import pytest
 import methods
 import models
 import recipes
+import options
 import retrieval
 import rundir
 import train
@@ -26,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def resolved(*flags):
-    return retrieval.resolve_args(retrieval.build_parser().parse_args(["--out", "unused", *flags]))
+    return options.resolve_args(options.build_parser().parse_args(["--out", "unused", *flags]))
 
 
 def test_auto_is_the_archs_own_recipe():
@@ -102,7 +103,7 @@ def test_bad_training_settings_exit_2(capsys, tmp_path, flags, message):
 
 
 def test_tta_on_grey_images_is_a_usage_error():
-    with pytest.raises(retrieval.UsageError, match="--tta averages each image with its mirror image: it applies to colour images only"):
+    with pytest.raises(options.UsageError, match="--tta averages each image with its mirror image: it applies to colour images only"):
         retrieval._resolve_recipe(resolved("--tta"), colour=False, train_size=100)
     assert retrieval._resolve_recipe(resolved(), colour=False, train_size=100)["tta"] is False
 
@@ -325,10 +326,6 @@ def test_flip_tta_mirrors_in_chunks_with_the_same_result(monkeypatch):
     monkeypatch.setattr(models, "TTA_CHUNK", 3)  # 4 chunks, the last of 1 image
     np.testing.assert_allclose(models.predict_with_flips(encoder, images, 4), whole, rtol=1e-6)
     assert whole.shape == (10, 8)
-
-
-def test_the_cli_names_the_augmentations_models_builds():
-    assert retrieval.AUGMENTATIONS == models.AUGMENTATIONS
 
 
 def test_ablate_recipe_tabulates_each_trick_removed_and_resumes(tiny_tree, tmp_path, capsys, monkeypatch):

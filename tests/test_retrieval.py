@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import data
-import methods
 import models
+import options
+import protocols
 import retrieval
 import rundir
 import train
@@ -90,25 +91,25 @@ def test_sizes_checked_against_the_data_exit_2(capsys, tmp_path, tiny_tree):
 
 
 def tiny_config(tiny_tree, out, **overrides):
-    args = retrieval.build_parser().parse_args(tiny_argv(tiny_tree, out))
-    return {**retrieval.resolve_args(args), **overrides}
+    args = options.build_parser().parse_args(tiny_argv(tiny_tree, out))
+    return {**options.resolve_args(args), **overrides}
 
 
 def test_splits_are_seeded_and_balanced(tiny_tree, tmp_path):
     dataset = data.load_dataset("cifar10", data_dir=str(tiny_tree))
     config = tiny_config(tiny_tree, tmp_path, train_size=40, queries=10)
-    first, again = retrieval.select_split(config, dataset), retrieval.select_split(config, dataset)
+    first, again = protocols.select_split(config, dataset), protocols.select_split(config, dataset)
     np.testing.assert_array_equal(first.database.positions, again.database.positions)
     np.testing.assert_array_equal(first.queries.positions, again.queries.positions)
     assert np.bincount(dataset.y_train[first.database.positions]).tolist() == [10, 10, 10, 10]
     assert set(first.queries.sources) == {1} and set(first.database.sources) == {0}
-    other = retrieval.select_split({**config, "seed": 1}, dataset)
+    other = protocols.select_split({**config, "seed": 1}, dataset)
     assert not np.array_equal(first.queries.positions, other.queries.positions)
 
 
 def test_validation_queries_come_out_of_training(tiny_tree, tmp_path):
     dataset = data.load_dataset("cifar10", data_dir=str(tiny_tree))
-    split = retrieval.select_split(tiny_config(tiny_tree, tmp_path, val_size=20), dataset)
+    split = protocols.select_split(tiny_config(tiny_tree, tmp_path, val_size=20), dataset)
     assert len(split.queries) == 20 and len(split.database) == 100 and len(split.train) == 100
     assert set(split.queries.sources) == {0}  # training images, not test images
     assert not set(split.queries.positions) & set(split.database.positions)
@@ -124,19 +125,12 @@ def test_train_size_is_refused_by_fixed_protocols(capsys, tiny_tree, tmp_path):
     [(None, 5000, (1000, None)), ("all", 5000, (5000, None)), (7, 5000, (7, None))],
 )
 def test_resolve_top(top, database_size, expected):
-    assert retrieval.resolve_top(top, database_size) == expected
+    assert protocols.resolve_top(top, database_size, 1000) == expected
 
 
 def test_default_top_is_clipped_with_a_note():
-    top, note = retrieval.resolve_top(None, 120)
+    top, note = protocols.resolve_top(None, 120, 1000)
     assert top == 120 and "clipped to the database size, 120" in note
-
-
-def test_cli_vocabulary_matches_the_registries():
-    assert retrieval.ARCHS == models.ARCHS
-    assert retrieval.METHODS == tuple(methods.METHODS)
-    assert set(retrieval.OPTIMIZER_NAMES.values()) == set(train.OPTIMIZERS)
-    assert retrieval.SCHEDULES == train.SCHEDULES
 
 
 # --- end to end ---------------------------------------------------------------------------
@@ -265,17 +259,3 @@ def test_mnist_from_the_offline_copy(shared_datasets, tmp_path):
     metrics = json.loads((out / rundir.METRICS_FILE).read_text())
     assert metrics["num_database"] == 1000 and metrics["num_queries"] == 200
     assert metrics["mAP@1000"] > 0.5  # chance is about 0.1
-
-
-def test_a_run_saved_by_an_earlier_version_resumes_with_the_settings_it_had(tiny_tree, tmp_path):
-    out = tmp_path / "old"
-    config = tiny_config(tiny_tree, out, epochs=1)
-    rundir.check_out_dir(out)
-    with pytest.raises(KeyboardInterrupt):
-        retrieval.run(config, verbose=0, callbacks=[KillAfterEpoch(0)])
-    saved = rundir.read_json(out / rundir.CONFIG_FILE)
-    old = {key: value for key, value in saved.items() if key not in ("protocol", "recipe", "width", "tta", "devices")}
-    (out / rundir.CONFIG_FILE).write_text(json.dumps(old))  # as written before those settings existed
-    assert retrieval.main(["--resume", "--out", str(out), "-s", "0"]) == 0
-    metrics = rundir.read_json(out / rundir.METRICS_FILE)
-    assert (metrics["protocol"], metrics["recipe"]) == ("dlbhc", "classic")

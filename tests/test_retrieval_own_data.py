@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import data
+import options
 import retrieval
 import rundir
 from cli import fails_with
@@ -51,8 +52,8 @@ def test_folder_dataset_end_to_end(photo_folder, tmp_path):
 
 
 def test_default_run_folder_is_named_safely(photo_folder):
-    args = retrieval.build_parser().parse_args(["--dataset", f"folder:{photo_folder}/", "-l", "16"])
-    config = retrieval.resolve_args(args)
+    args = options.build_parser().parse_args(["--dataset", f"folder:{photo_folder}/", "-l", "16"])
+    config = options.resolve_args(args)
     assert config["out"].startswith("runs/folder-my_photos-dlbhc-16b-")
     assert config["dataset"] == f"folder:{photo_folder}"  # absolute, so --resume works from anywhere
 
@@ -80,7 +81,6 @@ def test_own_data_problems_exit_2_before_training(capsys, tmp_path, photo_folder
     fails_with(capsys, ["--dataset", f"list:{lists}", *out], "--dataset list: has multi-hot labels (an image may have several), which --method dlbhc cannot learn from: use --method dhn or dnnh")
 
 
-@pytest.mark.skipif("dhn" not in retrieval.METHODS, reason="--method dhn is not on the command line yet")
 def test_malformed_list_exits_2_before_training(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(retrieval, "run", pytest.fail)
     lists = write_lists(tmp_path / "lists")

@@ -200,12 +200,6 @@ def test_corrupt_index_and_rerank_without_features(capsys, built_index, models_d
     _fails(capsys, ["query", "--index", str(plain), "--query-id", "000.png", "--rerank", "5"], "--rerank needs float features")
 
 
-def test_engine_names_match_the_engines_module():
-    import engines
-
-    assert search.ENGINES == engines.ENGINES
-
-
 def test_encode_takes_any_size_and_mode_and_skips_unreadable_files(capsys, models_dir, tmp_path):
     folder = tmp_path / "mixed"
     (folder / "deep" / "er").mkdir(parents=True)

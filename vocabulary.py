@@ -1,0 +1,76 @@
+"""The project's vocabulary: every name the command lines accept, and the defaults shared by modules.
+
+Each list is defined here once. The modules that implement a name (`models.py` for archs and
+augmentations, `methods.py` for methods, `train.py` for optimisers and schedules, `engines.py`
+for search engines) key their registries by these names, and the command lines check their
+arguments against them. Importing this module imports nothing else, so `retrieval.py` and
+`search.py` check a command line before TensorFlow loads. The training settings a recipe fills
+in (epochs, batch size, learning rate, ...) are in `recipes.py`.
+
+Example:
+
+>>> "speedrun" in ARCHS, METHOD_OPTIONS["margin"]
+(True, ('dnnh',))
+"""
+
+# --- networks (models.py) ----------------------------------------------------------------------
+
+SCRATCH_ARCHS = ("dbr", "resnet", "speedrun")  # trained from scratch
+# keras.applications backbones and the side of the square they resize images to by default.
+APPLICATION_INPUT_SIZES = {"resnet50": 224, "mobilenetv2": 224, "efficientnetb0": 224, "vgg16": 224}
+ARCHS = (*SCRATCH_ARCHS, *APPLICATION_INPUT_SIZES)
+WIDTH_ARCHS = ("resnet", "speedrun")  # archs whose channel count `--width` sets
+MIN_BACKBONE_SIZE = 32  # the smallest input keras.applications takes for these networks
+WEIGHTS_NAMES = ("imagenet", "none")
+# Learning rate of a pretrained backbone relative to the hash head (DLBHC trained its new layers 10x faster).
+BACKBONE_LR_SCALE = 0.1
+AUGMENTATIONS = ("none", "flip", "crop-flip", "light-crop-flip")
+
+# --- codes -------------------------------------------------------------------------------------
+
+MIN_BITS, MAX_BITS = 8, 256
+DEFAULT_BITS = 48
+BIT_THRESHOLD = 0.5  # a code bit is 1 where its latent sigmoid activation is above this
+ENCODE_BATCH_SIZE = 512  # images per step when encoding a database or queries
+
+# --- methods (methods.py) ----------------------------------------------------------------------
+
+METHODS = ("dbr", "dlbhc", "dhn", "dnnh", "hadamard")
+CLASS_BATCH_METHODS = ("dnnh",)  # batches of P classes x K images
+MULTI_LABEL_METHODS = ("dhn", "dnnh")  # learn from multi-hot labels ("shares a label")
+# Each method-specific option and the methods it applies to.
+METHOD_OPTIONS = {
+    "code_type": ("dbr",),
+    "lambda": ("dhn",),
+    "margin": ("dnnh",),
+    "classes_per_batch": CLASS_BATCH_METHODS,
+    "images_per_class": CLASS_BATCH_METHODS,
+    "label_smoothing": ("dlbhc",),
+}
+# Target codewords of `dbr`, by name and by the original tool's numeric code.
+CODE_TYPES = {"1": "origin", "origin": "origin", "2": "hamming74", "hamming74": "hamming74"}
+DEFAULT_CODE_TYPE = "origin"
+QUANTIZATION_WEIGHT = 1.0  # `dhn`'s lambda
+MARGIN_PER_BIT = 0.25  # `dnnh`'s triplet margin as a share of the code length (the DeepHash port's)
+CLASSES_PER_BATCH = 8  # `dnnh`'s P
+IMAGES_PER_CLASS = 4  # `dnnh`'s K
+
+# --- training (train.py) -----------------------------------------------------------------------
+
+OPTIMIZERS = ("adadelta", "sgd", "adam")
+# The optimisers by name and by the original tool's numeric code.
+OPTIMIZER_ALIASES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam"}
+SCHEDULES = ("constant", "cosine", "triangular")
+
+# --- search (engines.py) -----------------------------------------------------------------------
+
+ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih", "backend")
+
+
+def applies(option, method):
+    """Whether a method-specific option (a key of `METHOD_OPTIONS`) applies to `method`.
+
+    >>> applies("lambda", "dhn"), applies("lambda", "dlbhc")
+    (True, False)
+    """
+    return method in METHOD_OPTIONS[option]
