@@ -37,10 +37,13 @@ Engines (`ENGINES`):
   and `nprobe` (defaults to 16).
 - `faiss-mih`: `faiss.IndexBinaryMultiHash` (multi-index hashing), approximate; options `nhash`
   (defaults to `code bits // 16`) and `nflip` (defaults to 2).
-- `backend`: `evaluate.ExactHammingSearch`, the Keras backend's own XOR + popcount
-  (`tf.raw_ops.PopulationCount`, `jax.lax.population_count`) and `top_k`, exact. These are the
-  kernels `evaluate.evaluate_retrieval` ranks with, registered here so that the project has one
-  Hamming path per engine and every engine one interface.
+- `backend`: `BackendEngine`, the active Keras backend's own XOR, popcount and top-k
+  (`tf.raw_ops.PopulationCount` and `tf.math.top_k` on TensorFlow, over `uint64` words;
+  `jax.lax.population_count` and `jax.lax.top_k` on JAX, over `uint32` words, since JAX without
+  x64 has no `uint64`; NumPy's `bitwise_count` and a stable argsort on any other backend),
+  exact. Its `distances(query_codes)` gives every distance: `evaluate.evaluate_retrieval` ranks
+  the whole database with it. The backend modules are imported on first use, so `import
+  engines` loads neither TensorFlow nor Keras.
 
 Example:
 
@@ -51,15 +54,25 @@ Example:
 (array([[0, 1]], dtype=int32), array([[2, 0]]))
 """
 
+import functools
+from typing import Callable, NamedTuple
+
 import numpy as np
 
 from vocabulary import ENGINES
 
+# Most elements one `backend` query batch may hold: query rows x database codes x words for the
+# XOR. `evaluate.py` batches its whole-database ranking by the same number (query rows x database
+# items, about 20 bytes each, so about 80 MB a batch). Of 2**22..2**25, 2**22 cost the least time
+# for the whole evaluation on bench/eval_bench.py's data; the top_k search cares little.
+BATCH_ELEMENTS = 2**22
+
 # Sentinels of the approximate engines for "fewer than k found", at the end of a row (FAISS's).
-# Distances one `backend` range search holds at a time (queries x database codes).
-BACKEND_RANGE_ELEMENTS = 2**24
+# No metric counts a MISSING_ID slot as a database item (see `evaluate.evaluate_retrieval`).
 MISSING_ID = -1
 MISSING_DISTANCE = np.iinfo(np.int32).max
+# Distances one `backend` range search holds at a time (queries x database codes).
+BACKEND_RANGE_ELEMENTS = 2**24
 
 # Queries one thread serves per pass over the database: each database chunk brought into cache is
 # scanned by this many queries before the next.
@@ -77,13 +90,13 @@ BUFFER_BYTES = 2**28
 # Validation, shared by every engine.
 
 
-def _check_bits(bits):
+def check_bits(bits):
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
         raise ValueError(f"`bits` must be a positive integer code length. Received: bits={bits!r}")
     return int(bits)
 
 
-def _check_codes(codes, name, bits):
+def check_codes(codes, name, bits):
     codes = np.asarray(codes)
     if codes.dtype != np.uint8:
         raise TypeError(
@@ -103,23 +116,23 @@ def _check_codes(codes, name, bits):
     return codes
 
 
-def _check_db_codes(db_codes, bits):
-    """`_check_codes` for a database, which must also hold at least one code."""
-    db_codes = _check_codes(db_codes, "db_codes", bits)
+def check_db_codes(db_codes, bits):
+    """`check_codes` for a database, which must also hold at least one code."""
+    db_codes = check_codes(db_codes, "db_codes", bits)
     if len(db_codes) == 0:
         raise ValueError(f"`db_codes` must hold at least one code. Received: db_codes.shape={db_codes.shape}")
     return db_codes
 
 
-def _check_k(k, ntotal):
+def check_k(k, ntotal, name="k"):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= ntotal:
         raise ValueError(
-            f"`k` must be an integer between 1 and the database size {ntotal}. Received: k={k!r}"
+            f"`{name}` must be an integer between 1 and the database size {ntotal}. Received: {name}={k!r}"
         )
     return int(k)
 
 
-def _check_radius(radius, bits):
+def check_radius(radius, bits):
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or not (
         0 <= radius <= bits
     ):
@@ -159,8 +172,8 @@ class ExactEngine:
     """
 
     def __init__(self, db_codes, bits, query_block=QUERY_BLOCK, numpy_queries=NUMPY_QUERIES):
-        self.bits = _check_bits(bits)
-        db_codes = _check_db_codes(db_codes, self.bits)
+        self.bits = check_bits(bits)
+        db_codes = check_db_codes(db_codes, self.bits)
         self.ntotal = len(db_codes)
         self.code_size = db_codes.shape[1]
         self.query_block = int(query_block)
@@ -171,8 +184,8 @@ class ExactEngine:
 
     def search(self, query_codes, k):
         """Finds the `k` nearest codes per query: `(int32 [nq, k], int64 [nq, k])`."""
-        query_codes = _check_codes(query_codes, "query_codes", self.bits)
-        k = _check_k(k, self.ntotal)
+        query_codes = check_codes(query_codes, "query_codes", self.bits)
+        k = check_k(k, self.ntotal)
         if len(query_codes) <= self.numpy_queries:
             return self._numpy_search(_to_words(query_codes), k)
         import hamming_kernels
@@ -187,8 +200,8 @@ class ExactEngine:
 
     def range_search(self, query_codes, radius):
         """Every code within `radius` per query: a list of `(int32 [m], int64 [m])`."""
-        query_codes = _check_codes(query_codes, "query_codes", self.bits)
-        radius = _check_radius(radius, self.bits)
+        query_codes = check_codes(query_codes, "query_codes", self.bits)
+        radius = check_radius(radius, self.bits)
         query_words = _to_words(query_codes)
         if len(query_codes) <= self.numpy_queries:
             return [self._numpy_range(words, radius) for words in query_words]
@@ -254,8 +267,8 @@ class FaissEngine:
     def __init__(self, db_codes, bits, kind="flat", nlist=None, nprobe=16, nhash=None, nflip=2):
         import faiss
 
-        self.bits = _check_bits(bits)
-        db_codes = _check_db_codes(db_codes, self.bits)
+        self.bits = check_bits(bits)
+        db_codes = check_db_codes(db_codes, self.bits)
         self.ntotal = len(db_codes)
         self.code_size = db_codes.shape[1]
         d = 8 * self.code_size
@@ -290,8 +303,8 @@ class FaissEngine:
 
     def search(self, query_codes, k):
         """Finds the `k` nearest codes per query: `(int32 [nq, k], int64 [nq, k])`."""
-        query_codes = np.ascontiguousarray(_check_codes(query_codes, "query_codes", self.bits))
-        k = _check_k(k, self.ntotal)
+        query_codes = np.ascontiguousarray(check_codes(query_codes, "query_codes", self.bits))
+        k = check_k(k, self.ntotal)
         distances, ids = self.index.search(query_codes, k)
         distances = distances.astype(np.int32, copy=False)
         ids = ids.astype(np.int64, copy=False)
@@ -305,8 +318,8 @@ class FaissEngine:
 
     def range_search(self, query_codes, radius):
         """Every code within `radius` per query: a list of `(int32 [m], int64 [m])`."""
-        query_codes = np.ascontiguousarray(_check_codes(query_codes, "query_codes", self.bits))
-        radius = _check_radius(radius, self.bits)
+        query_codes = np.ascontiguousarray(check_codes(query_codes, "query_codes", self.bits))
+        radius = check_radius(radius, self.bits)
         # FAISS's binary range search keeps distances strictly below its radius.
         lims, distances, ids = self.index.range_search(query_codes, radius + 1)
         distances = distances.astype(np.int32, copy=False)
@@ -318,36 +331,194 @@ class FaissEngine:
 
 
 class BackendEngine:
-    """The `backend` engine: `evaluate.ExactHammingSearch` behind the engine interface.
+    """Exact Hamming k-NN by brute force with the active Keras backend's kernels (`backend`).
+
+    Each query batch runs XOR, popcount and top-k in one backend call; a batch holds at most
+    `batch_elements` words of XOR output, so memory stays bounded for any number of queries.
 
     Args:
         db_codes: packed `uint8` codes `[ntotal, ceil(bits / 8)]`. No default.
         bits: the code length `L`. No default.
+        batch_elements: most elements one query batch may hold (query rows x `ntotal` x words).
+            Defaults to `BATCH_ELEMENTS` (2**22).
+
+    Example:
+
+    >>> from evaluate import pack_bits
+    >>> engine = BackendEngine(pack_bits([[0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 0, 0]]), bits=4)
+    >>> engine.distances(pack_bits([[0, 0, 0, 0]]))
+    array([[1, 2, 0]], dtype=int32)
     """
 
-    def __init__(self, db_codes, bits):
-        import evaluate
-
-        self.bits = _check_bits(bits)
-        self._search = evaluate.ExactHammingSearch(_check_db_codes(db_codes, self.bits))
-        self.ntotal = self._search.ntotal
+    def __init__(self, db_codes, bits, batch_elements=BATCH_ELEMENTS):
+        self.bits = check_bits(bits)
+        db_codes = check_db_codes(db_codes, self.bits)
+        self.ntotal, self.code_size = db_codes.shape
+        self._kernels = _kernels(_keras_backend())
+        self._db_words = _backend_words(db_codes, self._kernels.word_dtype)
+        self._batch_size = max(1, batch_elements // self._db_words.size)
 
     def search(self, query_codes, k):
         """Finds the `k` nearest codes per query: `(int32 [nq, k], int64 [nq, k])`."""
-        query_codes = _check_codes(query_codes, "query_codes", self.bits)
-        return self._search.search(query_codes, _check_k(k, self.ntotal))
+        query_words = self._query_words(query_codes)
+        k = check_k(k, self.ntotal)
+        distances = np.empty((len(query_words), k), dtype=np.int32)
+        ids = np.empty((len(query_words), k), dtype=np.int64)
+        for start in range(0, len(query_words), self._batch_size):
+            batch = slice(start, start + self._batch_size)
+            distances[batch], ids[batch] = self._kernels.search(query_words[batch], self._db_words, np.int32(k))
+        return distances, ids
+
+    def distances(self, query_codes):
+        """Hamming distances from each query to every code, in database order: `int32 [nq, ntotal]`.
+
+        The array may be read-only.
+        """
+        query_words = self._query_words(query_codes)
+        if len(query_words) <= self._batch_size:  # one batch: no copy
+            return np.asarray(self._kernels.distances(query_words, self._db_words))
+        distances = np.empty((len(query_words), self.ntotal), dtype=np.int32)
+        for start in range(0, len(query_words), self._batch_size):
+            batch = slice(start, start + self._batch_size)
+            distances[batch] = self._kernels.distances(query_words[batch], self._db_words)
+        return distances
 
     def range_search(self, query_codes, radius):
         """Every code within `radius` per query: a list of `(int32 [m], int64 [m])`."""
-        query_codes = _check_codes(query_codes, "query_codes", self.bits)
-        radius = _check_radius(radius, self.bits)
+        radius = check_radius(radius, self.bits)
         batch = max(1, BACKEND_RANGE_ELEMENTS // self.ntotal)
         results = []
         for start in range(0, len(query_codes), batch):
-            for distances in self._search.distances(query_codes[start:start + batch]):
+            for distances in self.distances(query_codes[start:start + batch]):
                 ids = np.flatnonzero(distances <= radius)
                 results.append(_sort_rows(distances[ids].astype(np.int32), ids.astype(np.int64)))
         return results
+
+    def _query_words(self, query_codes):
+        return _backend_words(check_codes(query_codes, "query_codes", self.bits), self._kernels.word_dtype)
+
+
+def hamming_distances(query_codes, db_codes):
+    """Hamming distances between every query and every database code, with the Keras backend's kernels.
+
+    Args:
+        query_codes: packed `uint8` codes `[nq, code_size]`. No default.
+        db_codes: packed `uint8` codes `[ntotal, code_size]`. No default.
+
+    Returns:
+        `int32` array `[nq, ntotal]`.
+
+    Example:
+
+    >>> from evaluate import pack_bits
+    >>> hamming_distances(pack_bits([[0, 0, 0, 0]]), pack_bits([[0, 1, 1, 0], [1, 1, 1, 1]]))
+    array([[2, 4]], dtype=int32)
+    """
+    code_size = np.shape(db_codes)[1] if np.ndim(db_codes) == 2 else 1
+    return np.asarray(BackendEngine(db_codes, 8 * code_size).distances(query_codes), dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The `backend` engine's kernels, one set per Keras backend.
+
+
+# Machine word per backend: TensorFlow has uint64 bitwise ops and popcount; JAX without x64 has not.
+TENSORFLOW_WORD = np.uint64
+JAX_WORD = np.uint32
+NUMPY_WORD = np.uint64
+
+
+class _HammingKernels(NamedTuple):
+    """One backend's kernels over packed words: `distances(q, db)` and `search(q, db, k)`."""
+
+    word_dtype: type
+    distances: Callable
+    search: Callable
+
+
+def _tensorflow_kernels():
+    """TensorFlow kernels over uint64 words: XOR and popcount under XLA, then `tf.math.top_k`."""
+    import tensorflow as tf
+
+    words = tf.TensorSpec([None, None], tf.uint64)
+
+    def xor_popcount(query_words, db_words):
+        xor = tf.bitwise.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
+        counts = tf.raw_ops.PopulationCount(x=xor)
+        return tf.reduce_sum(tf.cast(counts, tf.int32), axis=-1)
+
+    # XLA fuses XOR, popcount, sum (and negation) into one loop, about 8x faster than separate ops.
+    distances = tf.function(xor_popcount, jit_compile=True, input_signature=[words, words])
+
+    @tf.function(jit_compile=True)
+    def negated_distances(query_words, db_words):
+        return -xor_popcount(query_words, db_words)
+
+    def search(query_words, db_words, k):
+        # top_k stays outside XLA, whose CPU top_k sorts whole rows (about 20x slower). top_k
+        # keeps the lower index first among equal values, so ties go to the lower id.
+        negated, ids = tf.math.top_k(negated_distances(query_words, db_words), k=k)
+        return -negated, ids
+
+    return _HammingKernels(
+        TENSORFLOW_WORD,
+        distances,
+        tf.function(search, input_signature=[words, words, tf.TensorSpec([], tf.int32)]),
+    )
+
+
+def _jax_kernels():
+    """JAX kernels over uint32 words. Correct, but XLA's CPU top_k sorts whole rows: slow here."""
+    import jax
+    import jax.numpy as jnp
+
+    def distances(query_words, db_words):
+        xor = jnp.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
+        return jnp.sum(jax.lax.population_count(xor), axis=-1, dtype=jnp.int32)
+
+    def search(query_words, db_words, k):
+        # jax.lax.top_k documents that the lower index comes first among equal values.
+        negated, ids = jax.lax.top_k(-distances(query_words, db_words), k)
+        return -negated, ids
+
+    return _HammingKernels(JAX_WORD, jax.jit(distances), jax.jit(search, static_argnums=2))
+
+
+def _numpy_kernels():
+    """NumPy kernels for backends without their own popcount; a stable argsort ranks."""
+    def distances(query_words, db_words):
+        xor = np.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
+        return np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
+
+    def search(query_words, db_words, k):
+        all_distances = distances(query_words, db_words)
+        ids = np.argsort(all_distances, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(all_distances, ids, axis=1), ids
+
+    return _HammingKernels(NUMPY_WORD, distances, search)
+
+
+@functools.cache
+def _kernels(backend):
+    """The Hamming kernels for a Keras backend name; NumPy for backends without their own."""
+    builders = {"tensorflow": _tensorflow_kernels, "jax": _jax_kernels}
+    return builders.get(backend, _numpy_kernels)()
+
+
+def _keras_backend():
+    """The active Keras backend name; keras is imported here as importing it loads TensorFlow."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def _backend_words(codes, word_dtype):
+    """Packed codes `[n, code_size]` as words of `word_dtype`, each row zero-padded to a whole word.
+
+    The padding is zero in queries and database alike, so it adds nothing to any distance.
+    """
+    padding = -codes.shape[1] % np.dtype(word_dtype).itemsize
+    return np.pad(codes, ((0, 0), (0, padding))).view(word_dtype)
 
 
 def make_engine(name, db_codes, bits, **options):
@@ -360,7 +531,7 @@ def make_engine(name, db_codes, bits, **options):
             No default.
         bits: the code length `L`. No default.
         **options: engine options: `query_block`, `numpy_queries` (`exact`); `nlist`, `nprobe` (`faiss-ivf`);
-            `nhash`, `nflip` (`faiss-mih`).
+            `nhash`, `nflip` (`faiss-mih`); `batch_elements` (`backend`).
 
     Returns:
         An engine with `ntotal`, `bits`, `search(query_codes, k)` and
@@ -378,7 +549,7 @@ def make_engine(name, db_codes, bits, **options):
         "faiss": set(),
         "faiss-ivf": {"nlist", "nprobe"},
         "faiss-mih": {"nhash", "nflip"},
-        "backend": set(),
+        "backend": {"batch_elements"},
     }
     if name not in allowed:
         raise ValueError(f"`name` must be one of {ENGINES}. Received: name={name!r}")
@@ -391,6 +562,6 @@ def make_engine(name, db_codes, bits, **options):
     if name == "exact":
         return ExactEngine(db_codes, bits, **options)
     if name == "backend":
-        return BackendEngine(db_codes, bits)
+        return BackendEngine(db_codes, bits, **options)
     kind = {"faiss": "flat", "faiss-ivf": "ivf", "faiss-mih": "mih"}[name]
     return FaissEngine(db_codes, bits, kind=kind, **options)

@@ -11,19 +11,13 @@ Vocabulary, shared with the rest of the project:
   (relevant = shares at least one label, `query_labels @ db_labels.T > 0`).
 - `query_*` / `db_*`: the queries and the database searched; `nq` and `ntotal` rows.
 
-Every search engine answers `search(queries, k) -> (distances, ids)`, FAISS style: `ids` is
-`int64 [nq, k]`, each row sorted by (distance, database index) ascending, so ties go to the lower
-database index. `k` must lie in `1..ntotal`; there is no "fewer than k" sentinel.
-`ExactHammingSearch` takes packed codes and returns `int32` Hamming distances;
-`ExactEuclideanSearch` takes float features and returns `float32` squared Euclidean distances.
-`evaluate_retrieval` can rank its top list through any engine with that method.
-
-The Hamming distance is a vectorised XOR and population count over machine words. Keras has no
-popcount, so the kernels come from the active Keras backend through small seams that import it
-lazily: TensorFlow (`uint64` words, `tf.raw_ops.PopulationCount`, `tf.math.top_k`), JAX
-(`uint32` words, since JAX without x64 has no `uint64`; `jax.lax.population_count`,
-`jax.lax.top_k`), and NumPy (`np.bitwise_count`, stable argsort) for any other backend.
-`import evaluate` imports neither TensorFlow nor Keras.
+Hamming search lives in `engines.py`: every engine answers `search(query_codes, k) -> (distances,
+ids)`, each row ranked by (distance, database index), so ties go to the lower index. The metrics
+rank the whole database with `engines.BackendEngine.distances`, the active Keras backend's XOR and
+popcount, and can rank their top list through any engine instead. `ExactEuclideanSearch` ranks
+float features by squared Euclidean distance the same way. `average_precision` is the plain
+definition of AP@k that the vectorised metrics are tested against. `import evaluate` imports
+neither TensorFlow nor Keras.
 
 Example:
 
@@ -35,118 +29,16 @@ Example:
 ['mAP', 'mAP_all', 'pr_curve', 'precision', 'precision_at_k', 'precision_r2', 'recall_r2']
 """
 
-import functools
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-# Most elements one batch may hold: query rows x database codes x words for the XOR in the search
-# kernel, query rows x database items for the whole-database ranking of the metrics (about 20
-# bytes each, so about 80 MB a batch). Of 2**22..2**25, 2**22 cost the least time for the whole
-# evaluation on bench/eval_bench.py's data (83 queries a batch); the top_k search cares little.
-BATCH_ELEMENTS = 2**22
+import engines
+
+BATCH_ELEMENTS = engines.BATCH_ELEMENTS
 
 # Hamming radius of the "precision and recall within radius 2" that the hashing papers report.
 RADIUS = 2
-
-# Machine word per backend: TensorFlow has uint64 bitwise ops and popcount; JAX without x64 has not.
-TENSORFLOW_WORD = np.uint64
-JAX_WORD = np.uint32
-NUMPY_WORD = np.uint64
-
-
-class _HammingKernels(NamedTuple):
-    """One backend's kernels over packed words: `distances(q, db)` and `search(q, db, k)`."""
-
-    word_dtype: type
-    distances: Callable
-    search: Callable
-
-
-def _keras_backend():
-    """The active Keras backend name; keras is imported here as importing it loads TensorFlow."""
-    import keras
-
-    return keras.backend.backend()
-
-
-def _tensorflow_kernels():
-    """TensorFlow kernels over uint64 words: XOR and popcount under XLA, then `tf.math.top_k`."""
-    import tensorflow as tf
-
-    words = tf.TensorSpec([None, None], tf.uint64)
-
-    def xor_popcount(query_words, db_words):
-        xor = tf.bitwise.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
-        counts = tf.raw_ops.PopulationCount(x=xor)
-        return tf.reduce_sum(tf.cast(counts, tf.int32), axis=-1)
-
-    # XLA fuses XOR, popcount, sum (and negation) into one loop, about 8x faster than separate ops.
-    distances = tf.function(xor_popcount, jit_compile=True, input_signature=[words, words])
-
-    @tf.function(jit_compile=True)
-    def negated_distances(query_words, db_words):
-        return -xor_popcount(query_words, db_words)
-
-    def search(query_words, db_words, k):
-        # top_k stays outside XLA, whose CPU top_k sorts whole rows (about 20x slower). top_k
-        # keeps the lower index first among equal values, so ties go to the lower id.
-        negated, ids = tf.math.top_k(negated_distances(query_words, db_words), k=k)
-        return -negated, ids
-
-    return _HammingKernels(
-        TENSORFLOW_WORD,
-        distances,
-        tf.function(search, input_signature=[words, words, tf.TensorSpec([], tf.int32)]),
-    )
-
-
-def _jax_kernels():
-    """JAX kernels over uint32 words. Correct, but XLA's CPU top_k sorts whole rows: slow here."""
-    import jax
-    import jax.numpy as jnp
-
-    def distances(query_words, db_words):
-        xor = jnp.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
-        return jnp.sum(jax.lax.population_count(xor), axis=-1, dtype=jnp.int32)
-
-    def search(query_words, db_words, k):
-        # jax.lax.top_k documents that the lower index comes first among equal values.
-        negated, ids = jax.lax.top_k(-distances(query_words, db_words), k)
-        return -negated, ids
-
-    return _HammingKernels(JAX_WORD, jax.jit(distances), jax.jit(search, static_argnums=2))
-
-
-def _numpy_kernels():
-    """NumPy kernels for backends without their own popcount; a stable argsort ranks."""
-    def distances(query_words, db_words):
-        xor = np.bitwise_xor(query_words[:, None, :], db_words[None, :, :])
-        return np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
-
-    def search(query_words, db_words, k):
-        all_distances = distances(query_words, db_words)
-        ids = np.argsort(all_distances, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(all_distances, ids, axis=1), ids
-
-    return _HammingKernels(NUMPY_WORD, distances, search)
-
-
-@functools.cache
-def _kernels(backend):
-    """The Hamming kernels for a Keras backend name; NumPy for backends without their own."""
-    builders = {"tensorflow": _tensorflow_kernels, "jax": _jax_kernels}
-    return builders.get(backend, _numpy_kernels)()
-
-
-def _to_words(codes, word_dtype):
-    """Views packed codes `[n, code_size]` as words, zero-padding each row to a whole word.
-
-    The padding is zero in queries and database alike, so it adds nothing to any distance.
-    """
-    padding = -codes.shape[1] % np.dtype(word_dtype).itemsize
-    return np.pad(codes, ((0, 0), (0, padding))).view(word_dtype)
-
 
 def _check_matrix(array, name, kind, columns):
     """Refuses anything but a 2-D array with at least one column (`columns` names them in the message)."""
@@ -167,32 +59,6 @@ def _check_bits(bits, name):
             f"Received: {name} with a value of {bits[invalid][0]}"
         )
     return bits
-
-
-def _check_codes(codes, name):
-    codes = np.asarray(codes)
-    if codes.dtype != np.uint8:
-        raise TypeError(
-            f"`{name}` must be packed uint8 codes from `pack_bits`. "
-            f"Received: {name}.dtype={codes.dtype}"
-        )
-    _check_matrix(codes, name, "array", "code_size")
-    return codes
-
-
-def _check_same_code_size(query_codes, db_code_size):
-    if query_codes.shape[1] != db_code_size:
-        raise ValueError(
-            f"`query_codes` must have the database's code size ({db_code_size} bytes per code). "
-            f"Received: query_codes.shape={query_codes.shape}"
-        )
-
-
-def _check_k(k, ntotal, name):
-    if not 1 <= k <= ntotal:
-        raise ValueError(
-            f"`{name}` must be between 1 and the database size {ntotal}. Received: {name}={k}"
-        )
 
 
 def _check_labels(query_labels, db_labels, nq, ntotal):
@@ -275,41 +141,13 @@ def unpack_bits(codes, bits):
     >>> unpack_bits(np.array([[176, 128]], dtype=np.uint8), bits=9)
     array([[1, 0, 1, 1, 0, 0, 0, 0, 1]], dtype=uint8)
     """
-    codes = _check_codes(codes, "codes")
+    codes = engines.check_codes(codes, "codes", 8 * np.shape(codes)[-1] if np.ndim(codes) == 2 else 8)
     if not 8 * (codes.shape[1] - 1) < bits <= 8 * codes.shape[1]:
         raise ValueError(
             f"`bits` must be a code length that packs into {codes.shape[1]} bytes, i.e. in "
             f"{8 * codes.shape[1] - 7}..{8 * codes.shape[1]}. Received: bits={bits}"
         )
     return np.unpackbits(codes, axis=1, count=bits)
-
-
-def hamming_distances(query_codes, db_codes):
-    """Hamming distances between every query and every database code.
-
-    Computed in one piece with the active Keras backend's XOR and popcount, so it suits tests and
-    small inputs; `ExactHammingSearch` batches for large ones.
-
-    Args:
-        query_codes: packed `uint8` codes of shape `[nq, code_size]`. No default.
-        db_codes: packed `uint8` codes of shape `[ntotal, code_size]`. No default.
-
-    Returns:
-        `int32` array of shape `[nq, ntotal]`.
-
-    Example:
-
-    >>> hamming_distances(pack_bits([[0, 0, 0, 0]]), pack_bits([[0, 1, 1, 0], [1, 1, 1, 1]]))
-    array([[2, 4]], dtype=int32)
-    """
-    query_codes = _check_codes(query_codes, "query_codes")
-    db_codes = _check_codes(db_codes, "db_codes")
-    _check_same_code_size(query_codes, db_codes.shape[1])
-    kernels = _kernels(_keras_backend())
-    distances = kernels.distances(
-        _to_words(query_codes, kernels.word_dtype), _to_words(db_codes, kernels.word_dtype)
-    )
-    return np.asarray(distances, dtype=np.int32)
 
 
 def _check_not_empty(array, name):
@@ -319,85 +157,12 @@ def _check_not_empty(array, name):
     return array
 
 
-class ExactHammingSearch:
-    """Exact k-nearest-neighbour search in Hamming space, by brute force over packed codes.
-
-    Each query batch runs XOR, popcount and top-k in one backend call; the batch holds at most
-    `batch_elements` words of XOR output, so memory stays bounded for any number of queries.
-    Results are ranked by (Hamming distance, database index) ascending.
-
-    Args:
-        db_codes: packed `uint8` database codes of shape `[ntotal, code_size]`, from `pack_bits`.
-            No default.
-        batch_elements: most elements one query batch may hold (query rows x `ntotal` x words).
-            Defaults to `BATCH_ELEMENTS` (2**22).
-
-    Example:
-
-    >>> index = ExactHammingSearch(pack_bits([[0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 0, 0]]))
-    >>> distances, ids = index.search(pack_bits([[0, 0, 0, 0]]), k=2)
-    >>> distances, ids
-    (array([[0, 1]], dtype=int32), array([[2, 0]]))
-    """
-
-    def __init__(self, db_codes, batch_elements=BATCH_ELEMENTS):
-        db_codes = _check_not_empty(_check_codes(db_codes, "db_codes"), "db_codes")
-        self.ntotal, self.code_size = db_codes.shape
-        self._kernels = _kernels(_keras_backend())
-        self._db_words = _to_words(db_codes, self._kernels.word_dtype)
-        self._batch_size = max(1, batch_elements // self._db_words.size)
-
-    def search(self, query_codes, k):
-        """Finds the `k` database codes nearest to each query.
-
-        Args:
-            query_codes: packed `uint8` query codes of shape `[nq, code_size]`. No default.
-            k: number of neighbours per query, `1 <= k <= ntotal`. No default.
-
-        Returns:
-            Tuple `(distances, ids)`: `int32` and `int64` arrays of shape `[nq, k]`, each row sorted
-            by (distance, id) ascending.
-        """
-        query_codes = _check_codes(query_codes, "query_codes")
-        _check_same_code_size(query_codes, self.code_size)
-        _check_k(k, self.ntotal, "k")
-        query_words = _to_words(query_codes, self._kernels.word_dtype)
-        distances = np.empty((len(query_codes), k), dtype=np.int32)
-        ids = np.empty((len(query_codes), k), dtype=np.int64)
-        for start in range(0, len(query_codes), self._batch_size):
-            batch = slice(start, start + self._batch_size)
-            distances[batch], ids[batch] = self._kernels.search(
-                query_words[batch], self._db_words, np.int32(k)
-            )
-        return distances, ids
-
-    def distances(self, query_codes):
-        """Hamming distances from each query to every database code, in database order.
-
-        Args:
-            query_codes: packed `uint8` query codes of shape `[nq, code_size]`. No default.
-
-        Returns:
-            `int32` array of shape `[nq, ntotal]`, possibly read-only.
-        """
-        query_codes = _check_codes(query_codes, "query_codes")
-        _check_same_code_size(query_codes, self.code_size)
-        query_words = _to_words(query_codes, self._kernels.word_dtype)
-        if len(query_codes) <= self._batch_size:  # one batch: no copy
-            return np.asarray(self._kernels.distances(query_words, self._db_words))
-        distances = np.empty((len(query_codes), self.ntotal), dtype=np.int32)
-        for start in range(0, len(query_codes), self._batch_size):
-            batch = slice(start, start + self._batch_size)
-            distances[batch] = self._kernels.distances(query_words[batch], self._db_words)
-        return distances
-
-
 class ExactEuclideanSearch:
     """Exact k-nearest-neighbour search of float features by squared Euclidean distance.
 
     For each query batch, `|x|^2 - 2 q.x` comes from one float32 matrix product (BLAS) and
     `np.argpartition` picks the `k` smallest, which are then sorted. Ties go to the lower database
-    index, as in `ExactHammingSearch`: where the k-th smallest value also occurs outside the `k`
+    index, as the Hamming engines do: where the k-th smallest value also occurs outside the `k`
     picked, the row is redone from every item up to that value with a stable sort. Identical
     features always tie exactly (the same arithmetic gives the same float). Expanding the square
     costs float32 cancellation, an absolute error of about 1e-7 x |x|^2 in each distance, so
@@ -442,7 +207,7 @@ class ExactEuclideanSearch:
                 f"`query_features` must have the database's dimension {self.d}. "
                 f"Received: query_features.shape={query_features.shape}"
             )
-        _check_k(k, self.ntotal, "k")
+        engines.check_k(k, self.ntotal, "k")
         distances = np.empty((len(query_features), k), dtype=np.float32)
         ids = np.empty((len(query_features), k), dtype=np.int64)
         for start in range(0, len(query_features), self._batch_size):
@@ -502,6 +267,13 @@ class _Relevance:
         if self._multi_label:
             return query_labels.astype(np.float32) @ self._db_labels > 0
         return query_labels[:, None] == self._db_labels
+
+
+def _relevant_found(relevant, ids):
+    """Whether each ranked id is relevant; a slot an engine left empty (`engines.MISSING_ID`) is a miss."""
+    ids = np.asarray(ids, dtype=np.int64)
+    found = ids != engines.MISSING_ID
+    return np.take_along_axis(relevant, np.where(found, ids, 0), axis=1) & found
 
 
 def _metric_sums(relevant):
@@ -616,6 +388,36 @@ def _radius_sums(ranking):
     return precision.sum(axis=0), recall.sum(axis=0)
 
 
+def average_precision(relevant, k=None):
+    """AP@k of one ranked list, by its definition: the mean precision at each relevant item's rank.
+
+    The ranks considered are 1..k; a list with no relevant item among them scores 0. This is
+    DLBHC's AP@k (the mean over the relevant items retrieved, not over all relevant items in the
+    database); with `k` the whole database it is the usual AP. `evaluate_retrieval` computes the
+    same for many queries at once, and is tested against this function.
+
+    Args:
+        relevant: whether the item at rank 1, 2, ... is relevant (0/1 or bool). No default.
+        k: how many ranks count. Defaults to `None`: all of them.
+
+    Returns:
+        A float in [0, 1].
+
+    Example:
+
+    >>> average_precision([1, 0, 1, 0])  # relevant at ranks 1 and 3: (1/1 + 2/3) / 2
+    0.8333333333333333
+    >>> average_precision([0, 0, 1], k=2)
+    0.0
+    """
+    hits, precisions = 0, []
+    for rank, is_relevant in enumerate(list(relevant)[:k], start=1):
+        if is_relevant:
+            hits += 1
+            precisions.append(hits / rank)
+    return sum(precisions) / len(precisions) if precisions else 0.0
+
+
 def evaluate_retrieval(
     query_bits, query_labels, db_bits, db_labels, top, search=None, batch_elements=BATCH_ELEMENTS
 ):
@@ -623,7 +425,7 @@ def evaluate_retrieval(
 
     An item is relevant to a query when their integer labels are equal, or, for multi-hot label
     rows, when they share at least one label. Each query ranks the whole database by (Hamming
-    distance, database index); the distances come from `ExactHammingSearch.distances`, one query
+    distance, database index); the distances come from `engines.BackendEngine.distances`, one query
     batch at a time, and the metrics are accumulated batch by batch, so memory stays bounded (about
     20 bytes per query row x `ntotal` element of a batch) for any number of queries. On a 0..1
     scale, each averaged over all queries:
@@ -646,8 +448,9 @@ def evaluate_retrieval(
             scores the whole ranking. No default.
         search: an engine over `pack_bits(db_bits)`, in order, with `search(query_codes, k) ->
             (distances, ids)` ranked by (distance, id), to rank the top list of mAP@top and
-            precision@k instead. Defaults to `None`: the exact ranking above. Every other metric
-            uses the exact distances either way.
+            precision@k instead; a slot it leaves empty (`engines.MISSING_ID`, fewer than `top`
+            found) counts as an irrelevant item, never as a database item. Defaults to `None`: the
+            exact ranking above. Every other metric uses the exact distances either way.
         batch_elements: most elements one query batch may hold (query rows x `ntotal`), also
             passed to the Hamming kernels. Defaults to `BATCH_ELEMENTS` (2**22).
 
@@ -680,10 +483,10 @@ def evaluate_retrieval(
             f"Received: query_bits.shape={query_bits.shape}"
         )
     query_labels, db_labels = _check_labels(query_labels, db_labels, len(query_bits), len(db_bits))
-    _check_k(top, len(db_bits), "top")
+    engines.check_k(top, len(db_bits), "top")
     nq, ntotal, bits = len(query_bits), len(db_bits), query_bits.shape[1]
     query_codes = pack_bits(query_bits)
-    index = ExactHammingSearch(pack_bits(db_bits), batch_elements)
+    index = engines.BackendEngine(pack_bits(db_bits), bits, batch_elements)
     relevance = _Relevance(db_labels)
 
     precision_sums, average_precision_sum, average_precision_all_sum = np.zeros(top), 0.0, 0.0
@@ -698,9 +501,7 @@ def evaluate_retrieval(
         )
         if search is not None:
             _, ids = search.search(query_codes[batch], top)
-            batch_precision_sums, batch_average_precision_sum = _metric_sums(
-                np.take_along_axis(relevant, np.asarray(ids, dtype=np.int64), axis=1)
-            )
+            batch_precision_sums, batch_average_precision_sum = _metric_sums(_relevant_found(relevant, ids))
         precision_sums += batch_precision_sums
         average_precision_sum += batch_average_precision_sum
         average_precision_all_sum += batch_average_precision_all_sum
@@ -765,7 +566,7 @@ def evaluate_features(
     query_labels, db_labels = _check_labels(
         query_labels, db_labels, len(query_features), len(db_features)
     )
-    _check_k(top, len(db_features), "top")
+    engines.check_k(top, len(db_features), "top")
     index = ExactEuclideanSearch(db_features, batch_elements)
     relevance = _Relevance(db_labels)
     precision_sums, average_precision_sum = np.zeros(top), 0.0

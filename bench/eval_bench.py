@@ -6,7 +6,7 @@ that `retrieval.run` does, rows (a) + (e), within about 15 s on a 2-core CPU, Te
 
 - (a) `evaluate.evaluate_retrieval` end to end: packing, the whole-database ranking, mAP@1000,
   precision@k, mAP@all and precision and recall within every Hamming radius;
-- (b) `evaluate.ExactHammingSearch.search` alone, k = 1000;
+- (b) `engines.BackendEngine.search` alone, k = 1000;
 - (c) a plain NumPy reference (XOR, `np.bitwise_count`, stable argsort), timed on a subset of the
   queries and extrapolated, since it is slow;
 - (d) `faiss.IndexBinaryFlat` search, k = 1000, on the same packed codes;
@@ -150,13 +150,14 @@ def run_benchmark(config):
     """Times rows (a) to (d) and cross-checks them: (rows, metrics, checks)."""
     import faiss
 
+    import engines
     import evaluate
 
     query_bits, query_labels, db_bits, db_labels = random_dataset(config)
     query_features, db_features = random_features(config)
     query_codes, db_codes = evaluate.pack_bits(query_bits), evaluate.pack_bits(db_bits)
     top, repeats, subset = config["top"], config["repeats"], config["reference_queries"]
-    index = evaluate.ExactHammingSearch(db_codes)
+    index = engines.BackendEngine(db_codes, CONFIG["bits"])
     faiss_index = faiss.IndexBinaryFlat(config["bits"])
     faiss_index.add(db_codes)
 
@@ -195,7 +196,7 @@ def run_benchmark(config):
     scale = config["nq"] / subset
     rows = [
         ("(a) evaluate_retrieval, end to end", evaluate_wall, evaluate_cpu, ""),
-        ("(b) ExactHammingSearch.search", search_wall, search_cpu, ""),
+        ("(b) BackendEngine.search", search_wall, search_cpu, ""),
         (
             "(c) NumPy XOR + bitwise_count + argsort",
             reference_wall * scale,
@@ -249,7 +250,7 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    import evaluate
+    import engines
 
     config = CONFIG
     rows, metrics, checks = run_benchmark(config)
@@ -258,7 +259,7 @@ def main():
         "load_average_1min": os.getloadavg()[0],
         "platform": platform.platform(),
         "backend": keras.backend.backend(),
-        "batch_elements": evaluate.BATCH_ELEMENTS,
+        "batch_elements": engines.BATCH_ELEMENTS,
     }
 
     print(f"{config['nq']} queries x {config['ntotal']} codes, {config['bits']} bits, "

@@ -1,6 +1,8 @@
 """Tests for engines.py: exact engines identical to a NumPy reference, range search, bad input,
 and the approximate engines' shapes and recall."""
 
+import importlib.util
+import json
 import os
 import platform
 import subprocess
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import ENGINES, MISSING_ID, make_engine
+from engines import ENGINES, MISSING_ID, BackendEngine, hamming_distances, make_engine
 from evaluate import pack_bits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,3 +247,128 @@ def test_exact_kernels_compiled_for_cpus_without_avx512(cpu, tmp_path):
     result = subprocess.run([sys.executable, "-c", OLDER_CPU_SCRIPT], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "identical" in result.stdout, result.stderr[-2000:]
+
+
+# --- the backend engine: the Keras backend's kernels, which evaluate.py ranks with ---
+
+
+@pytest.mark.parametrize("length", CODE_LENGTHS)
+def test_hamming_distances_match_reference(length):
+    rng = np.random.default_rng(100 + length)
+    query_bits, db_bits = random_bits(rng, 7, length), random_bits(rng, 30, length)
+    distances = hamming_distances(pack_bits(query_bits), pack_bits(db_bits))
+    assert distances.dtype == np.int32
+    np.testing.assert_array_equal(distances, reference_distances(query_bits, db_bits))
+
+
+@pytest.mark.parametrize("length", [3, 12, 65])
+@pytest.mark.parametrize("k", [1, 37, 500])
+def test_search_ties_go_to_lower_index(length, k):
+    # 3-bit codes give 500 database codes only 4 distances, so nearly every rank is a tie.
+    # k = 1, k < ntotal and k = ntotal take different code paths inside tf.math.top_k.
+    rng = np.random.default_rng(k * length)
+    query_bits, db_bits = random_bits(rng, 40, length), random_bits(rng, 500, length)
+    index = BackendEngine(pack_bits(db_bits), length, batch_elements=7 * 500)
+    distances, ids = index.search(pack_bits(query_bits), k)
+    expected_distances, expected_ids = reference_search(query_bits, db_bits, k)
+    assert distances.dtype == np.int32 and ids.dtype == np.int64
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(distances, expected_distances)
+
+
+def test_search_all_identical_codes_returns_ids_in_order():
+    index = BackendEngine(pack_bits(np.ones((50, 48), dtype=np.uint8)), 48)
+    distances, ids = index.search(pack_bits(np.zeros((2, 48), dtype=np.uint8)), k=50)
+    np.testing.assert_array_equal(ids, np.tile(np.arange(50), (2, 1)))
+    np.testing.assert_array_equal(distances, np.full((2, 50), 48))
+
+
+def test_search_with_no_queries():
+    index = BackendEngine(pack_bits(np.ones((5, 8), dtype=np.uint8)), 8)
+    distances, ids = index.search(np.zeros((0, 1), dtype=np.uint8), k=3)
+    assert distances.shape == ids.shape == (0, 3)
+
+
+def test_search_rejects_k_out_of_range():
+    index = BackendEngine(pack_bits(np.zeros((5, 4), dtype=np.uint8)), 4)
+    with pytest.raises(ValueError, match=r"`k` must be an integer between 1 and .* 5\. Received: k=0"):
+        index.search(pack_bits(np.zeros((3, 4), dtype=np.uint8)), 0)
+    with pytest.raises(ValueError, match=r"Received: k=6"):
+        index.search(pack_bits(np.zeros((3, 4), dtype=np.uint8)), 6)
+
+
+def test_rejects_codes_that_are_not_packed():
+    with pytest.raises(TypeError, match=r"Received: db_codes\.dtype=int64"):
+        BackendEngine(np.zeros((3, 2), dtype=np.int64), 16)
+
+
+def masked_search_results():
+    """Exact search on 65-bit codes with bits set with probability 1/4, so ties are common."""
+    rng = np.random.default_rng(7)
+    query_codes = pack_bits(random_bits(rng, 20, 65))
+    db_codes = pack_bits(random_bits(rng, 400, 65) & random_bits(rng, 400, 65))
+    index = BackendEngine(db_codes, 65, batch_elements=3000)
+    distances, ids = index.search(query_codes, 100)
+    all_distances = hamming_distances(query_codes, db_codes)
+    return {
+        "all_distances": all_distances.tolist(),
+        "batched_distances": index.distances(query_codes).tolist(),
+        "distances": distances.tolist(),
+        "ids": ids.tolist(),
+    }
+
+
+BACKEND_SCRIPT = """
+import json, keras
+from tests.test_engines import masked_search_results
+print(json.dumps({"backend": keras.backend.backend(), **masked_search_results()}))
+"""
+
+
+JAX_INSTALLED = importlib.util.find_spec("jax") is not None
+
+
+OTHER_BACKENDS = ["jax", "numpy"] if JAX_INSTALLED else ["numpy"]
+
+
+@pytest.fixture(scope="module")
+def backend_processes():
+    """One `BACKEND_SCRIPT` subprocess per other backend, all started at once to overlap imports."""
+    processes = {
+        backend: subprocess.Popen(
+            [sys.executable, "-c", BACKEND_SCRIPT],
+            cwd=REPO,
+            env=dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for backend in OTHER_BACKENDS
+    }
+    yield processes
+    for process in processes.values():
+        process.kill()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(
+            "jax", marks=pytest.mark.skipif(not JAX_INSTALLED, reason="jax is not installed")
+        ),
+        "numpy",
+    ],
+)
+def test_other_backend_matches_tensorflow(backend, backend_processes):
+    stdout, stderr = backend_processes[backend].communicate(timeout=120)
+    assert backend_processes[backend].returncode == 0, stderr[-2000:]
+    other = json.loads(stdout.strip().splitlines()[-1])
+    assert other.pop("backend") == backend
+    assert other == masked_search_results()  # this process runs TensorFlow (tests/conftest.py)
+
+def test_backend_rejects_a_query_code_size_other_than_the_database_s():
+    index = BackendEngine(pack_bits(np.zeros((5, 12), dtype=np.uint8)), 12)
+    with pytest.raises(ValueError, match=r"shape \[n, 2\] for 12-bit codes .* query_codes\.shape=\(3, 1\)"):
+        index.search(pack_bits(np.zeros((3, 4), dtype=np.uint8)), 3)
+    with pytest.raises(ValueError, match=r"query_codes\.shape=\(3, 1\)"):
+        hamming_distances(pack_bits(np.zeros((3, 4), dtype=np.uint8)), pack_bits(np.zeros((5, 12), dtype=np.uint8)))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import engines
 import evaluate
 import index as index_file
 import search
@@ -85,7 +86,7 @@ def test_query_by_id_matches_brute_force(capsys, built_index):
     report = _query_json(capsys, "--index", str(built_index), "--query-id", "stripes/002.png", "-k", "32")
     rows = report["queries"][0]["results"]
     own = index.position_of("stripes/002.png")
-    expected = evaluate.hamming_distances(index.codes[[own]], index.codes)[0]
+    expected = engines.hamming_distances(index.codes[[own]], index.codes)[0]
     order = np.lexsort((np.arange(32), expected))
     assert [row["position"] for row in rows] == order.tolist()
     assert [row["distance"] for row in rows] == expected[order].tolist()
@@ -104,7 +105,7 @@ def test_table_output(capsys, built_index):
 def test_radius_returns_everything_within_it(capsys, built_index):
     index = index_file.read_index(built_index)
     own = index.position_of("triangle/001.png")
-    expected = evaluate.hamming_distances(index.codes[[own]], index.codes)[0]
+    expected = engines.hamming_distances(index.codes[[own]], index.codes)[0]
     for radius in (0, 2, BITS):
         report = _query_json(capsys, "--index", str(built_index), "--query-id", "triangle/001.png", "--radius", str(radius))
         rows = report["queries"][0]["results"]
