@@ -105,6 +105,7 @@ def _assert_close(single, several, loss_tolerance=LOSS_TOLERANCE, map_tolerance=
     assert abs(single["mAP"] - several["mAP"]) <= map_tolerance, (single["mAP"], several["mAP"])
 
 
+@pytest.mark.slow
 def test_tensorflow_two_logical_cpus_match_one(tiny_tree, tmp_path):
     single = _train(tiny_tree, tmp_path, "one", "tensorflow")
     mirrored = _train(tiny_tree, tmp_path, "two", "tensorflow", "--devices", "2")
@@ -119,6 +120,7 @@ def jax_runs(tiny_tree, tmp_path_factory):
     return _train(tiny_tree, folder, "one", "jax"), _train(tiny_tree, folder, "two", "jax", "--devices", "2", host_devices=2)
 
 
+@pytest.mark.slow
 def test_jax_two_host_devices_match_one(jax_runs):
     single, data_parallel = jax_runs
     assert data_parallel["placement"].startswith("2 device(s) x 1 process")
@@ -131,6 +133,7 @@ def _free_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_jax_two_processes_match_one(jax_runs, tiny_tree, tmp_path):
     out = tmp_path / "run"
     argv = _argv(tiny_tree, out, "--num-processes", "2", "--coordinator", f"127.0.0.1:{_free_port()}")
@@ -168,6 +171,7 @@ np.testing.assert_allclose(np.asarray(model.layers[0].moving_mean.value), x.mean
 """
 
 
+@pytest.mark.slow
 def test_jax_batch_norm_sees_the_global_batch():
     """With momentum 0, the moving mean after one step is the batch mean: the global one, not a device's half."""
     completed = subprocess.run([sys.executable, "-c", BATCH_NORM_CHECK], env=_environment("jax", host_devices=2),
@@ -200,6 +204,7 @@ print(len(history.history["loss"]), held.epoch)
 """
 
 
+@pytest.mark.slow
 def test_training_data_is_held_on_one_jax_gpu_and_batched_there():
     result = subprocess.run(
         [sys.executable, "-c", DEVICE_DATA_SCRIPT], cwd=DRIVER.parents[1], capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
@@ -209,6 +214,7 @@ def test_training_data_is_held_on_one_jax_gpu_and_batched_there():
     assert result.stdout.split() == ["2", "1"]  # trained two epochs, the second on epoch 1's shuffle
 
 
+@pytest.mark.slow
 def test_a_model_trained_with_synchronised_batch_norm_saves_loadable_on_jax(tmp_path, monkeypatch):
     import models
 
@@ -224,6 +230,7 @@ def test_a_model_trained_with_synchronised_batch_norm_saves_loadable_on_jax(tmp_
     assert result.stdout.split()[-1:] == ["jax"], result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_batch_the_devices_cannot_share_exits_2_before_the_run_folder_is_made(tiny_tree, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(

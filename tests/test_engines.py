@@ -61,6 +61,7 @@ def tied_data():
     return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", CODE_LENGTHS)
 @pytest.mark.parametrize("k", [1, 7, 100, 2000])
 def test_exact_engines_match_reference_with_ties(tied_data, bits, k):
@@ -237,6 +238,7 @@ print("identical")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 CPU targets")
 @pytest.mark.parametrize("cpu", sorted(OLDER_CPUS))
 def test_exact_kernels_compiled_for_cpus_without_avx512(cpu, tmp_path):
@@ -350,6 +352,7 @@ def backend_processes():
         process.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "backend",
     [

@@ -16,7 +16,7 @@ import methods
 import models
 import retrieval
 import rundir
-from cli import fails_with, tiny_argv
+from cli import TINY_CLASSES, fails_with, tiny_argv
 
 
 def loss_value(loss, labels, latent):
@@ -139,6 +139,7 @@ def test_dnnh_margin_defaults_to_a_quarter_of_the_bits_and_is_checked():
         methods.make_method("dhn", 10, 48, margin=2.0)
 
 
+@pytest.mark.slow
 def test_losses_give_the_same_values_on_jax():
     pytest.importorskip("jax")
     script = (
@@ -282,6 +283,7 @@ def test_hadamard_refuses_more_classes_than_rows():
 # --- saving and loading --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, options, loss_class, attribute",
     [("dhn", {"quantization_weight": 0.5}, methods.PairwiseLikelihoodLoss, "quantization_weight"), ("dnnh", {"margin": 3.0}, methods.TripletRankingLoss, "margin")],
@@ -304,19 +306,22 @@ def test_compiled_custom_loss_survives_save_and_load(tmp_path, name, options, lo
 # --- the command line ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method, extra, expected_config, expected_metrics",
     [
         ("dhn", ["--lambda", "0.5"], {"lambda": 0.5, "batch_size": 32, "margin": None}, {"lambda": 0.5}),
         ("dnnh", [], {"margin": 3.0, "classes_per_batch": 4, "images_per_class": 4, "batch_size": 16, "lambda": None}, {"margin": 3.0}),
         ("hadamard", [], {"code_type": None, "lambda": None}, {"codeword_min_distance": 6}),
+        ("dlbhc", [], {"label_smoothing": 0.0, "lambda": None, "margin": None}, {}),
     ],
 )
-def test_each_new_method_runs_end_to_end(tiny_tree, tmp_path, method, extra, expected_config, expected_metrics):
+def test_each_method_learns_end_to_end(tiny_tree, tmp_path, method, extra, expected_config, expected_metrics):
     out = tmp_path / method
     assert retrieval.main([*tiny_argv(tiny_tree, out), "-e", "2", "--method", method, *extra]) == 0
     metrics = json.loads((out / rundir.METRICS_FILE).read_text())
-    assert metrics["method"] == method and np.isfinite(metrics["mAP@120"]) and 0 <= metrics["mAP@120"] <= 1
+    chance = 1 / len(TINY_CLASSES)  # four easy classes, equally many
+    assert metrics["method"] == method and metrics["mAP@120"] > 0.8 > chance
     assert expected_metrics.items() <= metrics.items()
     config = json.loads((out / rundir.CONFIG_FILE).read_text())
     assert expected_config.items() <= config.items()

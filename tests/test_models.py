@@ -113,6 +113,7 @@ def tiny_backbone_encoder(arch="mobilenetv2", input_shape=(32, 32, 3), bits=8, *
     return models.build_encoder(arch, input_shape, bits, input_size=TINY_BACKBONE_SIZE, **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", tuple(backbones.APPLICATIONS))
 def test_application_backbone_builds_from_raw_pixels_to_sigmoid_bits(arch):
     encoder = tiny_backbone_encoder(arch, input_shape=(24, 40, 3), bits=12)
@@ -146,6 +147,7 @@ def test_grey_images_are_repeated_to_three_channels():
     assert encoder(grey).shape == (2, 8)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_not_trained_and_runs_in_inference_mode(tmp_path):
     encoder = tiny_backbone_encoder(input_shape=(32, 32, 1), freeze_backbone=True)
     assert [variable.path for variable in encoder.trainable_variables] == ["latent/kernel", "latent/bias"]
@@ -205,6 +207,7 @@ def test_offline_imagenet_weights_say_how_to_pass_a_file(offline):
 
 
 # Keras 3.15 warns about containers of a functional model's .weights.h5 that it does not need.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_weights_file_is_loaded_into_the_backbone(tmp_path):
     network = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
@@ -218,6 +221,7 @@ def test_weights_file_is_loaded_into_the_backbone(tmp_path):
         tiny_backbone_encoder(weights=str(tmp_path / "vgg16.weights.h5"))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Skipping nested container")
 def test_efficientnet_weights_file_gets_the_imagenet_input_scaling(tmp_path):
     network = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
@@ -251,6 +255,7 @@ def test_backbone_rate_must_be_positive():
         train.make_optimizer("adam", backbone_lr_scale=0)
 
 
+@pytest.mark.slow
 def test_backbone_rate_optimizer_saves_and_loads_with_the_model(tmp_path):
     # VGG16: the quickest backbone to trace. Grey: no random flip, so the steps repeat exactly.
     encoder = tiny_backbone_encoder("vgg16", input_shape=(32, 32, 1))
@@ -321,6 +326,7 @@ def test_missing_weights_file_fails_before_keras_is_imported(tmp_path):
     assert "no file missing.h5" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_trains_a_mobilenetv2_backbone(two_class_tree, tmp_path, private_cache):
     out = tmp_path / "mobilenetv2"
     assert retrieval.main(backbone_argv(two_class_tree, out, "--weights", "none")) == 0
@@ -333,6 +339,7 @@ def test_cli_trains_a_mobilenetv2_backbone(two_class_tree, tmp_path, private_cac
     assert isinstance(model.optimizer, train.RateScaleAdam)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
 def test_cli_offline_imagenet_weights_exit_2(two_class_tree, tmp_path, private_cache, offline, capsys):
     stderr = fails_with(capsys, backbone_argv(two_class_tree, tmp_path / "offline"), "--weights PATH")

@@ -108,6 +108,7 @@ def test_tta_on_grey_images_is_a_usage_error():
     assert retrieval._resolve_recipe(resolved(), colour=False, train_size=100)["tta"] is False
 
 
+@pytest.mark.slow
 def test_the_speedrun_recipe_trains_end_to_end_and_is_recorded(tiny_tree, tmp_path):
     out = tmp_path / "run"
     argv = ["--data-dir", str(tiny_tree), "-l", "12", "-e", "5", "-s", "0", "--out", str(out), "--width", "8", "--batch-size", "24"]
@@ -225,6 +226,7 @@ for model in (shifted, keras_cropped):
 JAX_INSTALLED = importlib.util.find_spec("jax") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not JAX_INSTALLED, reason="JAX is not installed")
 def test_the_shift_keeps_xla_on_under_jax_where_keras_random_crop_turns_it_off():
     result = subprocess.run(
@@ -275,6 +277,7 @@ def load_bench(name):
     return module
 
 
+@pytest.mark.slow
 def test_train_bench_scores_every_epoch_and_reports_when_each_threshold_was_reached(tiny_tree, tmp_path, capsys):
     train_bench = load_bench("train_bench")
     report_file = tmp_path / "report.json"
@@ -307,6 +310,7 @@ def test_train_bench_refuses_bad_flags_with_exit_2(capsys, argv, message):
     fails_with(capsys, argv, message, main=load_bench("train_bench").main)
 
 
+@pytest.mark.slow
 def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_path, capsys):
     out = tmp_path / "run"
     assert retrieval.main(tiny_argv(tiny_tree, out, "-e", "1")) == 0
@@ -328,6 +332,7 @@ def test_flip_tta_mirrors_in_chunks_with_the_same_result(monkeypatch):
     assert whole.shape == (10, 8)
 
 
+@pytest.mark.slow
 def test_ablate_recipe_tabulates_each_trick_removed_and_resumes(tiny_tree, tmp_path, capsys, monkeypatch):
     ablate_recipe = load_bench("ablate_recipe")
     monkeypatch.setattr(ablate_recipe, "ABLATIONS", {"label smoothing": ["--label-smoothing", "0"]})

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import reproduce
 
 
@@ -27,6 +29,7 @@ def test_offline_only_rows_say_so(tmp_path):
     assert "CUB-200 cannot be had offline here: not run" in (tmp_path / reproduce.RESULTS_FILE).read_text()
 
 
+@pytest.mark.slow
 def test_a_tiny_cell_runs_and_is_not_run_twice(tmp_path, tiny_tree, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["--methods", "dlbhc", "--bits", "12", "--epochs", "1", "--data-dir", str(tiny_tree), "--out", "grid", "--", "--arch", "dbr", "-s", "0"]

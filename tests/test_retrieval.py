@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import data
+import evaluate
 import models
 import options
 import protocols
@@ -143,13 +144,17 @@ def finished_run(tiny_tree, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_run_writes_every_output(finished_run):
     names = sorted(path.name for path in finished_run.iterdir())
     assert names == sorted([*rundir.RUN_FILES])  # no temporary or backup left behind
     metrics = json.loads((finished_run / rundir.METRICS_FILE).read_text())
     assert metrics["top"] == 120 and metrics["bits"] == 12 and metrics["method"] == "dbr"
     assert len(metrics["precision_at_k"]) == 120
-    assert metrics["mAP@120"] == pytest.approx(metrics["mAP@120"]) and "precision@120" in metrics
+    with h5py.File(finished_run / rundir.CODES_FILE) as codes:  # the metrics are those of the stored codes
+        scores = evaluate.evaluate_retrieval(codes["query_bits"][()], codes["query_labels"][()], codes["db_bits"][()], codes["db_labels"][()], 120)
+    assert metrics["mAP@120"] == pytest.approx(scores["mAP"]) and metrics["precision@120"] == pytest.approx(scores["precision"])
+    assert metrics["mAP@all"] == pytest.approx(scores["mAP_all"])
     assert metrics["codeword_min_distance"] >= 3
     assert {"train_seconds", "encode_seconds", "eval_seconds"} <= set(metrics["timings"])
     assert metrics["keras_version"] == keras.__version__
@@ -212,6 +217,7 @@ class EpochRecorder(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_finished_epoch(tiny_tree, tmp_path, capsys):
     out = tmp_path / "killed"
     config = tiny_config(tiny_tree, out, epochs=4, method="dlbhc", code_type=None)
@@ -230,6 +236,7 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tiny_tree, tmp_path, ca
     assert not (out / rundir.BACKUP_DIR).exists()
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_earlier_run(tiny_tree, tmp_path):
     out = tmp_path / "again"
     out.mkdir()
@@ -241,17 +248,19 @@ def test_overwrite_replaces_the_earlier_run(tiny_tree, tmp_path):
     assert (out / "notes.txt").read_text() == "kept"
 
 
+@pytest.mark.slow
 def test_jax_backend_runs_the_same_command(tiny_tree, tmp_path):
     pytest.importorskip("jax", reason="the JAX backend needs jax installed")
     out = tmp_path / "jax"
     environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    command = [sys.executable, "retrieval.py", *tiny_argv(tiny_tree, out), "-e", "1"]
+    command = [sys.executable, "retrieval.py", *tiny_argv(tiny_tree, out), "-e", "4"]
     result = subprocess.run(command, cwd=retrieval.__file__.rsplit("/", 1)[0], env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / rundir.METRICS_FILE).read_text())
-    assert metrics["backend"] == "jax" and 0 <= metrics["mAP@120"] <= 1
+    assert metrics["backend"] == "jax" and metrics["mAP@120"] > 0.8  # learns as on TensorFlow (chance: 0.25)
 
 
+@pytest.mark.slow
 def test_mnist_from_the_offline_copy(shared_datasets, tmp_path):
     out = tmp_path / "mnist"
     argv = ["--dataset", "mnist", "--data-dir", str(shared_datasets / "mnist"), "--arch", "dbr", "-n", "1000", "-q", "200", "-e", "5", "-s", "0", "--out", str(out)]

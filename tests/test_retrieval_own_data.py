@@ -33,6 +33,7 @@ def photo_folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_folder_dataset_end_to_end(photo_folder, tmp_path):
     out = tmp_path / "run"
     argv = ["--dataset", f"folder:{photo_folder}", "--arch", "dbr", "-e", "1", "-l", "12", "-s", "0", "--out", str(out)]
