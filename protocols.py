@@ -18,6 +18,13 @@ its mAP@k; the same seed gives the same split on every machine for the same data
 Indices are `(source, position)` pairs: `sources[i]` names the split an item comes
 from and `positions[i]` its place in that split, so `codes.h5` can say exactly which
 image each code belongs to.
+
+The seeded draws the splits are made of, `balanced_subset`, `draw_queries`,
+`holdout_split` and `stratified_split` (which splits a `folder:` tree without `train/`
+and `test/`), draw with `np.random.default_rng(seed)`: the same seed and the same data
+source give the same indices on every machine. The order of images differs between
+sources (an image-folder tree is sorted by class), so an index is not the same image
+across sources.
 """
 
 import dataclasses
@@ -147,6 +154,157 @@ def _pooled_split(protocol, train_labels, test_labels, seed):
     return Split(protocol, train=pool.subset(training), database=pool.subset(database), queries=pool.subset(queries), top=DEFAULT_TOP[protocol])
 
 
+# --- seeded draws ---------------------------------------------------------------------------------
+
+
+def balanced_subset(labels, n, seed):
+    """Draws a class-balanced subset of `n` items, seeded.
+
+    Each class (in sorted label order) gets `n // C` items, C being the number of classes, and the first
+    `n % C` classes one more; so when `n < C` the first `n` classes get one item each. Within a class the
+    items are drawn without replacement, classes in sorted order, from `np.random.default_rng(seed)`.
+    Multi-hot labels, whose classes overlap, cannot be balanced that way: their `n` items are drawn
+    uniformly, like `draw_queries`.
+
+    Args:
+        labels: 1-D integer array of class labels, or a 0/1 multi-hot matrix `[n_items, num_classes]`.
+        n: how many items to draw, from 1 to `len(labels)`.
+        seed: non-negative integer seed.
+
+    Returns:
+        Sorted int64 indices into `labels`, shape `(n,)`.
+
+    Raises:
+        ValueError: when `n` is out of range or a class holds fewer items than its share.
+
+    Example:
+
+    >>> balanced_subset([0, 0, 0, 1, 1, 1], 4, seed=0).shape
+    (4,)
+    """
+    labels = _as_labels(labels)
+    data.check_count("n", n, 1, len(labels))
+    data.check_seed(seed)
+    if labels.ndim == 2:
+        return draw_queries(len(labels), n, seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    shares = np.full(len(classes), n // len(classes))
+    shares[: n % len(classes)] += 1
+    for class_label, share, count in zip(classes, shares, counts):
+        if share > count:
+            raise ValueError(
+                f"n asks for {share} items of class {class_label}, which has only {count}. Received: n={n}"
+            )
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(labels == class_label), size=share, replace=False)
+             for class_label, share in zip(classes, shares)]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def draw_queries(n_total, n, seed):
+    """Draws `n` of `n_total` items without replacement, seeded.
+
+    Args:
+        n_total: how many items there are.
+        n: how many to draw, from 1 to `n_total`; `None` or `n_total` takes all of them, in order.
+        seed: non-negative integer seed.
+
+    Returns:
+        Sorted int64 indices, shape `(n,)`.
+
+    Raises:
+        ValueError: when `n` is out of range.
+
+    Example:
+
+    >>> draw_queries(5, None, seed=0)
+    array([0, 1, 2, 3, 4])
+    """
+    data.check_count("n_total", n_total, 0, None)
+    data.check_seed(seed)
+    if n is None or n == n_total:
+        return np.arange(n_total, dtype=np.int64)
+    data.check_count("n", n, 1, n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=n, replace=False)).astype(np.int64)
+
+
+def holdout_split(labels, n_val, seed):
+    """Holds out a class-balanced validation set, seeded, for model selection without the test queries.
+
+    The validation items are `balanced_subset(labels, n_val, seed)`; the training items are the rest.
+
+    Args:
+        labels: 1-D integer array of class labels, or a 0/1 multi-hot matrix (drawn uniformly).
+        n_val: how many items to hold out, from 1 to `len(labels) - 1`.
+        seed: non-negative integer seed.
+
+    Returns:
+        `(train_idx, val_idx)`: disjoint, sorted int64 indices into `labels` that together cover it.
+
+    Raises:
+        ValueError: when `n_val` is out of range or a class holds fewer items than its share.
+    """
+    labels = _as_labels(labels)
+    data.check_count("n_val", n_val, 1, len(labels) - 1)
+    val_idx = balanced_subset(labels, n_val, seed)
+    train_idx = np.setdiff1d(np.arange(len(labels), dtype=np.int64), val_idx, assume_unique=True)
+    return train_idx, val_idx
+
+
+def stratified_split(labels, test_fraction, seed):
+    """Splits items into train and test per class, seeded: each class keeps at least one item on each side.
+
+    Each class of n items (classes in sorted label order) gives `round(test_fraction * n)` items to test,
+    clipped to 1..n-1, drawn without replacement from `np.random.default_rng(seed)`.
+
+    Args:
+        labels: 1-D integer array of class labels; every class needs at least 2 items.
+        test_fraction: the share of each class drawn as test items, above 0 and below 1.
+        seed: non-negative integer seed.
+
+    Returns:
+        `(train_idx, test_idx)`: disjoint, sorted int64 indices into `labels` that together cover it.
+
+    Raises:
+        ValueError: when `test_fraction` is out of range or a class has fewer than 2 items.
+
+    Example:
+
+    >>> train_idx, test_idx = stratified_split([0, 0, 0, 0, 0, 1, 1], 0.2, seed=0)
+    >>> len(train_idx), len(test_idx)
+    (5, 2)
+    """
+    labels = _as_labels(labels, multi_hot=False)
+    data.check_fraction("test_fraction", test_fraction)
+    data.check_seed(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(
+            f"every class needs at least 2 items, one for train and one for test; class "
+            f"{classes[counts.argmin()]} has {counts.min()}. Received: labels with counts {counts.tolist()}"
+        )
+    rng = np.random.default_rng(seed)
+    picks = []
+    for class_label, count in zip(classes, counts):
+        n_test = min(max(int(np.floor(test_fraction * count + 0.5)), 1), count - 1)
+        picks.append(rng.choice(np.flatnonzero(labels == class_label), size=n_test, replace=False))
+    test_idx = np.sort(np.concatenate(picks)).astype(np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels), dtype=np.int64), test_idx, assume_unique=True)
+    return train_idx, test_idx
+
+
+def _as_labels(labels, multi_hot=True):
+    """Integer labels `[n]`, or (when `multi_hot`) a 0/1 matrix `[n, num_classes]`; else a ValueError."""
+    labels = np.asarray(labels)
+    is_integer = labels.size > 0 and np.issubdtype(labels.dtype, np.integer)
+    if is_integer and labels.ndim == 1:
+        return labels
+    if multi_hot and is_integer and labels.ndim == 2 and np.isin(labels, (0, 1)).all():
+        return labels
+    expected = "a non-empty 1-D integer array" + (" or a 0/1 multi-hot matrix" if multi_hot else "")
+    raise ValueError(f"labels must be {expected}. Received: labels of shape {labels.shape} and dtype {labels.dtype}")
+
+
 # --- the run's split: the protocol, then the command line's --val-size, --train-size, --queries ---
 
 
@@ -176,7 +334,7 @@ def select_split(config, dataset):
         if config["queries"] > available:
             source = "validation" if config["val_size"] else "test"
             raise ProtocolError(f"--queries must be at most {available} (the {source} split's size), got {config['queries']}")
-        split.queries = split.queries.subset(data.draw_queries(available, config["queries"], seed))
+        split.queries = split.queries.subset(draw_queries(available, config["queries"], seed))
     split.database = shuffled(split.database, seed)
     return split
 
@@ -185,7 +343,7 @@ def _validation_split(split, train_labels, val_size, seed):
     """Queries held out of the training items; the database and training set are the rest of them."""
     if val_size >= len(split.train):
         raise ProtocolError(f"--val-size must be below the {len(split.train)} training images, got {val_size}")
-    rest, held_out = data.holdout_split(split.train.gather([train_labels, None, None]), val_size, seed)
+    rest, held_out = holdout_split(split.train.gather([train_labels, None, None]), val_size, seed)
     remaining = split.train.subset(rest)
     return Split(split.protocol, train=remaining, database=remaining, queries=split.train.subset(held_out), top=split.top)
 
@@ -205,7 +363,7 @@ def _smaller_training_set(split, dataset, train_size, seed):
 
 def _balanced(labels, n, seed):
     try:
-        return data.balanced_subset(labels, n, seed)
+        return balanced_subset(labels, n, seed)
     except ValueError as error:
         raise ProtocolError(f"--train-size: {error}") from None
 

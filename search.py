@@ -34,6 +34,7 @@ import numpy as np
 import data
 import index as index_file
 import options
+import own_images
 import rundir
 import vocabulary
 
@@ -165,7 +166,7 @@ def _folder_items(folder, files, size, channels, folder_labels):
     root = Path(folder).resolve()
     decoded, ids = [], []
     skipped = []
-    for path, result in data.decode_images([root / name for name in files], size):
+    for path, result in own_images.decode_images([root / name for name in files], size):
         name = path.relative_to(root).as_posix()
         if isinstance(result, str):
             skipped.append(f"{name}: {result}")
@@ -291,7 +292,7 @@ def query(args):
     for image in args.images:
         if not Path(image).is_file():
             raise UsageError(f"query image {image}: no such file")
-        reason = data.decode_image(image, data.MIN_IMAGE_SIZE)
+        reason = own_images.decode_image(image, data.MIN_IMAGE_SIZE)
         if isinstance(reason, str):
             raise UsageError(f"query image {image}: {reason}")
     if args.model is not None:
@@ -322,7 +323,7 @@ def query(args):
         query_images = None
     else:
         size, channels = _input_size(encoder), _channels(encoder)
-        query_images = np.stack([_as_channels(data.decode_image(image, size), channels) for image in args.images])
+        query_images = np.stack([_as_channels(own_images.decode_image(image, size), channels) for image in args.images])
         query_codes, query_features = _encode_queries(
             encoder, features_model if args.rerank is not None else None, query_images, bool(index.attrs.get("tta"))
         )
@@ -467,7 +468,7 @@ def _item_images(index, positions):
         return images
     root = Path(index.attrs.get("root", "."))
     blank = np.full((GRID_IMAGE_SIZE, GRID_IMAGE_SIZE, 3), 128, np.uint8)  # an image since moved or deleted
-    decoded = [data.decode_image(root / item, GRID_IMAGE_SIZE) for item in ids]
+    decoded = [own_images.decode_image(root / item, GRID_IMAGE_SIZE) for item in ids]
     return [blank if isinstance(image, str) else image for image in decoded]
 
 

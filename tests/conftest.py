@@ -32,6 +32,15 @@ def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DEEPHASH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture
+def cache_in_tmp(tmp_path, monkeypatch):
+    """A cache folder of the test's own, `tmp_path / "cache"`, for tests that look inside it; the data tests
+    use it for every test (`pytestmark = pytest.mark.usefixtures("cache_in_tmp")`)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DEEPHASH_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_tree(tmp_path_factory):
     """An image-folder tree `train/<class>/*.png`, `test/<class>/*.png` of 4 easy classes."""

@@ -1,4 +1,4 @@
-"""Protocols: split sizes, disjointness and determinism on CIFAR-10-shaped labels."""
+"""Protocols: split sizes, disjointness and determinism on CIFAR-10-shaped labels; the seeded draws."""
 
 import numpy as np
 import pytest
@@ -80,3 +80,91 @@ def test_shuffled_is_a_seeded_permutation():
     np.testing.assert_array_equal(first.positions, again.positions)
     assert sorted(first.positions) == list(range(100)) and not np.array_equal(first.positions, np.arange(100))
     assert not np.array_equal(protocols.shuffled(items, seed=1).positions, first.positions)
+
+
+# --- seeded draws ----------------------------------------------------------------------------------------
+
+
+LABELS = np.repeat(np.arange(4), [5, 6, 7, 8])  # classes of unequal size
+
+
+def test_balanced_subset_is_balanced_and_seeded():
+    picked = protocols.balanced_subset(LABELS, 10, seed=3)
+    assert picked.dtype == np.int64 and np.all(np.diff(picked) > 0)
+    np.testing.assert_array_equal(np.bincount(LABELS[picked]), [3, 3, 2, 2])  # remainder to the first classes
+    np.testing.assert_array_equal(picked, protocols.balanced_subset(LABELS, 10, seed=3))
+    assert not np.array_equal(picked, protocols.balanced_subset(LABELS, 10, seed=4))
+    np.testing.assert_array_equal(np.bincount(LABELS[protocols.balanced_subset(LABELS, 3, seed=0)]), [1, 1, 1])
+
+
+def test_balanced_subset_is_the_same_everywhere():
+    # Pinned: numpy does not promise Generator streams across versions; this says when an upgrade moves them.
+    np.testing.assert_array_equal(protocols.balanced_subset(LABELS, 4, seed=0), [4, 8, 14, 20])
+    np.testing.assert_array_equal(protocols.draw_queries(1000, 3, seed=0), [511, 636, 848])
+    np.testing.assert_array_equal(protocols.balanced_subset(LABELS, 10, seed=3),
+                                  protocols.balanced_subset(list(LABELS), 10, seed=np.int64(3)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n": 0}, "n must be an integer from 1 to 26. Received: n=0"),
+        ({"n": 27}, "Received: n=27"),
+        ({"n": 2.0}, "Received: n=2.0"),
+        ({"n": 24}, "n asks for 6 items of class 0, which has only 5. Received: n=24"),
+        ({"seed": -1}, "seed must be an integer at least 0. Received: seed=-1"),
+        ({"seed": None}, "Received: seed=None"),
+        ({"labels": np.zeros((2, 2, 2), int)}, "labels must be a non-empty 1-D integer array or a 0/1 multi-hot"),
+        ({"labels": np.full((26, 2), 2)}, "labels must be a non-empty 1-D integer array or a 0/1 multi-hot"),
+        ({"labels": [0.5, 1.5]}, "dtype float64"),
+    ],
+)
+def test_balanced_subset_invalid(kwargs, message):
+    arguments = {"labels": LABELS, "n": 4, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        protocols.balanced_subset(**arguments)
+
+
+def test_draw_queries():
+    np.testing.assert_array_equal(protocols.draw_queries(5, None, seed=0), np.arange(5))
+    np.testing.assert_array_equal(protocols.draw_queries(5, 5, seed=0), np.arange(5))
+    drawn = protocols.draw_queries(100, 10, seed=1)
+    assert drawn.dtype == np.int64 and len(set(drawn)) == 10 and np.all(np.diff(drawn) > 0)
+    np.testing.assert_array_equal(drawn, protocols.draw_queries(100, 10, seed=1))
+    assert not np.array_equal(drawn, protocols.draw_queries(100, 10, seed=2))
+    with pytest.raises(ValueError, match="n must be an integer from 1 to 100. Received: n=101"):
+        protocols.draw_queries(100, 101, seed=0)
+
+
+def test_holdout_split():
+    train_idx, val_idx = protocols.holdout_split(LABELS, 8, seed=5)
+    np.testing.assert_array_equal(np.bincount(LABELS[val_idx]), [2, 2, 2, 2])
+    np.testing.assert_array_equal(np.sort(np.concatenate([train_idx, val_idx])), np.arange(len(LABELS)))
+    np.testing.assert_array_equal(val_idx, protocols.balanced_subset(LABELS, 8, seed=5))
+    assert train_idx.dtype == np.int64
+    with pytest.raises(ValueError, match="n_val must be an integer from 1 to 25. Received: n_val=26"):
+        protocols.holdout_split(LABELS, 26, seed=0)
+
+
+def test_stratified_split():
+    labels = np.repeat([0, 1, 2], [3, 2, 10])
+    train_idx, test_idx = protocols.stratified_split(labels, 0.01, seed=0)
+    np.testing.assert_array_equal(np.bincount(labels[test_idx]), [1, 1, 1])  # at least one test image each
+    np.testing.assert_array_equal(np.sort(np.concatenate([train_idx, test_idx])), np.arange(15))
+    _, test_idx = protocols.stratified_split(labels, 0.99, seed=0)
+    np.testing.assert_array_equal(np.bincount(labels[test_idx]), [2, 1, 9])  # at least one training image each
+    # Pinned like balanced_subset: the same seed gives the same split on every machine.
+    np.testing.assert_array_equal(protocols.stratified_split(labels, 0.2, seed=0)[1], [2, 4, 7, 9])
+    with pytest.raises(ValueError, match="test_fraction must be a number above 0 and below 1. Received: test_fraction=1"):
+        protocols.stratified_split(labels, 1, seed=0)
+    with pytest.raises(ValueError, match="class 1 has 1"):
+        protocols.stratified_split([0, 0, 1], 0.5, seed=0)
+
+
+def test_balanced_subset_of_multi_hot_labels_is_uniform():
+    labels = np.array([[1, 0], [1, 1], [0, 1], [0, 1], [1, 0]])
+    np.testing.assert_array_equal(protocols.balanced_subset(labels, 3, seed=1), protocols.draw_queries(5, 3, seed=1))
+    train_idx, val_idx = protocols.holdout_split(labels, 2, seed=0)
+    assert len(train_idx) == 3 and len(val_idx) == 2
+    with pytest.raises(ValueError, match="labels must be a non-empty 1-D integer array or a 0/1 multi-hot matrix"):
+        protocols.balanced_subset(labels * 2, 3, seed=0)
