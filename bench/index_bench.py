@@ -6,7 +6,7 @@
         --penultimate-index /tmp/index_bench/cifar10_train_penultimate.h5
     python bench/index_bench.py --sizes 10000 --command-runs 1          # quick: the random index only
 
-Three measurements, each against a target of issue 4:
+Three measurements, each against its target:
 
 1. Random index (`--sizes`, default 1M; `--bits`, default 64): random codes written with
    `index.write_index` (ids `item/<n>`). Reports the file size on disk and the bytes of its `codes`

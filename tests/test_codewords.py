@@ -1,4 +1,4 @@
-"""Codeword tables of the `dbr` method: exact lengths, distinct classes, known distances."""
+"""Codeword tables of the `dbr` and `hadamard` methods: exact lengths, distinct classes, known distances, Sylvester rows."""
 
 import numpy as np
 import pytest
@@ -62,3 +62,20 @@ def test_min_distance_hand_worked():
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         codewords.class_codewords(**kwargs)
+
+
+def test_sylvester_rows_are_orthogonal():
+    matrix = codewords.sylvester_hadamard(16).astype(int)
+    np.testing.assert_array_equal(matrix @ matrix.T, 16 * np.eye(16))
+    with pytest.raises(ValueError, match="Received: order=12"):
+        codewords.sylvester_hadamard(12)
+
+
+@pytest.mark.parametrize("bits", [8, 16, 32, 64, 128, 256])
+def test_hadamard_codewords_are_at_exactly_half_the_length(bits):
+    for num_classes in (2, min(10, bits - 1), bits - 1):
+        table = codewords.hadamard_codewords(num_classes, bits)
+        assert table.shape == (num_classes, bits) and set(np.unique(table)) <= {0, 1}
+        distances = (table[:, None] != table[None]).sum(-1)
+        np.testing.assert_array_equal(distances[~np.eye(num_classes, dtype=bool)], bits // 2)
+        assert not (table == 1).all(axis=1).any()  # the all-ones row is skipped

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 import batches
-import retrieval
 from cli import fails_with, tiny_argv
 
 DRIVER = Path(__file__).with_name("device_run.py")

@@ -418,6 +418,7 @@ def test_unpack_bits_rejects_wrong_length():
 # Backends.
 
 
+@pytest.mark.slow
 def test_import_does_not_load_tensorflow_or_keras():
     script = "import sys, evaluate; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     result = subprocess.run(

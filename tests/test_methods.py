@@ -10,7 +10,6 @@ import keras
 import numpy as np
 import pytest
 
-import batches
 import codewords
 import methods
 import models
@@ -178,108 +177,6 @@ def test_pairwise_methods_accept_integer_and_multi_hot_labels(name):
         method.targets([[1, 0], [0, 1]])
 
 
-# --- P x K batches ------------------------------------------------------------------------------
-
-
-def test_class_balanced_batches_hold_p_classes_of_k_images():
-    labels = np.repeat(np.arange(6), [10, 10, 12, 8, 9, 11])  # 60 images, uneven classes
-    x = np.arange(60)[:, None]
-    data = batches.ClassBalancedBatches(x, labels * 10, labels, classes_per_batch=3, images_per_class=4, seed=5)
-    assert len(data) == 60 // 12 == 5
-    for index in range(len(data)):
-        batch_x, batch_y = data[index]
-        assert batch_x.shape == (12, 1)
-        np.testing.assert_array_equal(batch_y, labels[batch_x[:, 0]] * 10)  # targets travel with their images
-        blocks = labels[batch_x[:, 0]].reshape(3, 4)
-        assert (blocks == blocks[:, :1]).all() and len(set(blocks[:, 0])) == 3  # 3 distinct classes x 4
-        assert len(set(batch_x[:, 0])) == 12
-
-
-def test_class_balanced_batches_are_seeded_per_epoch():
-    labels = np.repeat(np.arange(5), 8)
-    make = lambda seed: batches.ClassBalancedBatches(np.zeros(40), labels, labels, 2, 4, seed=seed)
-    first, again, other = make(0), make(0), make(1)
-    np.testing.assert_array_equal(first.plan, again.plan)
-    assert not np.array_equal(first.plan, other.plan)
-    epoch_0 = first.plan.copy()
-    first.set_epoch(1)
-    assert not np.array_equal(first.plan, epoch_0)
-    again.set_epoch(1)
-    np.testing.assert_array_equal(first.plan, again.plan)
-    first.set_epoch(0)
-    np.testing.assert_array_equal(first.plan, epoch_0)
-
-
-def test_an_image_recurs_only_after_its_whole_class():
-    labels = np.repeat(np.arange(4), 12)
-    data = batches.ClassBalancedBatches(np.zeros(48), labels, labels, 2, 3, seed=2)
-    drawn = data.plan.ravel()
-    for label in range(4):
-        in_class = drawn[labels[drawn] == label]
-        first_pass = in_class[:12]
-        assert len(set(first_pass)) == len(first_pass)
-
-
-def test_class_balanced_batches_check_their_sizes():
-    labels = np.repeat(np.arange(3), [5, 5, 2])
-    with pytest.raises(ValueError, match="at most the 3 classes present. Received: classes_per_batch=4"):
-        batches.ClassBalancedBatches(np.zeros(12), labels, labels, 4, 2)
-    with pytest.raises(ValueError, match=r"smallest class's 2 images \(class 2\). Received: images_per_class=3"):
-        batches.ClassBalancedBatches(np.zeros(12), labels, labels, 2, 3)
-    with pytest.raises(ValueError, match="Received: images_per_class=1"):
-        batches.ClassBalancedBatches(np.zeros(12), labels, labels, 2, 1)
-    with pytest.raises(ValueError, match="2 multi-hot rows without any label"):
-        batches.primary_labels(np.array([[1, 0], [0, 0], [0, 0]]))
-    np.testing.assert_array_equal(batches.primary_labels(np.array([[0, 1, 1], [1, 0, 1]])), [1, 0])
-
-
-# --- hadamard ------------------------------------------------------------------------------------
-
-
-def test_sylvester_rows_are_orthogonal():
-    matrix = codewords.sylvester_hadamard(16).astype(int)
-    np.testing.assert_array_equal(matrix @ matrix.T, 16 * np.eye(16))
-    with pytest.raises(ValueError, match="Received: order=12"):
-        codewords.sylvester_hadamard(12)
-
-
-@pytest.mark.parametrize("bits", [8, 16, 32, 64, 128, 256])
-def test_hadamard_codewords_are_at_exactly_half_the_length(bits):
-    for num_classes in (2, min(10, bits - 1), bits - 1):
-        table = codewords.hadamard_codewords(num_classes, bits)
-        assert table.shape == (num_classes, bits) and set(np.unique(table)) <= {0, 1}
-        distances = (table[:, None] != table[None]).sum(-1)
-        np.testing.assert_array_equal(distances[~np.eye(num_classes, dtype=bool)], bits // 2)
-        assert not (table == 1).all(axis=1).any()  # the all-ones row is skipped
-
-
-@pytest.mark.parametrize(
-    "bits, expected",
-    [
-        # 12 bits from H16: rows r, s differ in 4 + 2 = 6 of the first 12 columns when r ^ s has a bit
-        # among its two lowest, in 4 when r ^ s is 4 or 8, in 8 when it is 12. Rows at mutual distance
-        # >= 6 hold at most 2 of each group with the same two low bits: 8 rows; 10 classes force 4.
-        (12, 4),
-        (48, 24),  # the first 48 of 64 columns: still half the length for 10 rows
-        (24, 12),  # farthest-first row choice (rows 1..10 in order would give 8)
-    ],
-)
-def test_truncated_hadamard_codewords_report_their_min_distance(bits, expected):
-    method = methods.make_method("hadamard", num_classes=10, bits=bits)
-    assert method.codewords.shape == (10, bits)
-    assert method.summary() == {"codeword_min_distance": expected}
-    assert codewords.min_distance(method.codewords) == expected
-    targets = method.targets(np.array([3, 0, 3]))
-    assert targets.dtype == np.float32 and method.loss().name == "mean_squared_error"
-    np.testing.assert_array_equal(targets[0], method.codewords[3])
-
-
-def test_hadamard_refuses_more_classes_than_rows():
-    with pytest.raises(ValueError, match="order 8, which has 7 usable rows.*Received: num_classes=10, bits=8"):
-        methods.make_method("hadamard", num_classes=10, bits=8)
-    assert methods.make_method("hadamard", num_classes=7, bits=8).summary() == {"codeword_min_distance": 4}
-
-
 # --- saving and loading --------------------------------------------------------------------------
 
 
@@ -341,3 +238,54 @@ def test_class_batch_sizes_checked_against_the_data_exit_2(capsys, tmp_path, tin
     fails_with(capsys, [*argv, "--classes-per-batch", "5"], "--classes-per-batch must be at most the number of classes, 4, got 5")
     fails_with(capsys, [*argv, "--images-per-class", "31"], "--images-per-class must be at most the smallest class's 30 training images, got 31")
     assert not (tmp_path / "a" / rundir.CONFIG_FILE).exists()
+
+
+def test_dbr_method_targets_are_the_class_codewords():
+    method = methods.make_method("dbr", num_classes=10, bits=48, code_type="hamming74")
+    targets = method.targets(np.array([3, 0, 3]))
+    assert targets.shape == (3, 48) and targets.dtype == np.float32
+    np.testing.assert_array_equal(targets[0], targets[2])
+    # 6 Hamming(7,4) blocks at distance 3, plus a 6-bit remainder lexicode at distance 2.
+    assert method.summary()["codeword_min_distance"] == 20
+    assert method.training_model("encoder") == "encoder"
+
+
+def test_dlbhc_loss_is_cross_entropy_on_the_classifier():
+    method = methods.make_method("dlbhc", num_classes=3, bits=8)
+    probabilities = np.array([[0.5, 0.25, 0.25]], dtype="float32")
+    loss = float(method.loss()(method.targets([0]), probabilities))
+    assert loss == pytest.approx(-np.log(0.5), rel=1e-5)
+
+
+def test_code_type_only_for_dbr():
+    with pytest.raises(ValueError, match="method 'dbr' only"):
+        methods.make_method("dlbhc", 10, 48, code_type="origin")
+    with pytest.raises(ValueError, match="method='hashnet'"):
+        methods.make_method("hashnet", 10, 48)
+
+
+@pytest.mark.parametrize(
+    "bits, expected",
+    [
+        # 12 bits from H16: rows r, s differ in 4 + 2 = 6 of the first 12 columns when r ^ s has a bit
+        # among its two lowest, in 4 when r ^ s is 4 or 8, in 8 when it is 12. Rows at mutual distance
+        # >= 6 hold at most 2 of each group with the same two low bits: 8 rows; 10 classes force 4.
+        (12, 4),
+        (48, 24),  # the first 48 of 64 columns: still half the length for 10 rows
+        (24, 12),  # farthest-first row choice (rows 1..10 in order would give 8)
+    ],
+)
+def test_truncated_hadamard_codewords_report_their_min_distance(bits, expected):
+    method = methods.make_method("hadamard", num_classes=10, bits=bits)
+    assert method.codewords.shape == (10, bits)
+    assert method.summary() == {"codeword_min_distance": expected}
+    assert codewords.min_distance(method.codewords) == expected
+    targets = method.targets(np.array([3, 0, 3]))
+    assert targets.dtype == np.float32 and method.loss().name == "mean_squared_error"
+    np.testing.assert_array_equal(targets[0], method.codewords[3])
+
+
+def test_hadamard_refuses_more_classes_than_rows():
+    with pytest.raises(ValueError, match="order 8, which has 7 usable rows.*Received: num_classes=10, bits=8"):
+        methods.make_method("hadamard", num_classes=10, bits=8)
+    assert methods.make_method("hadamard", num_classes=7, bits=8).summary() == {"codeword_min_distance": 4}

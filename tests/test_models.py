@@ -1,20 +1,20 @@
-"""Encoders and training methods: shapes, any input size, the heads, saving and loading; backbones."""
+"""Tests for models.py: every encoder from raw pixels to sigmoid bits, the speed-run network, on-device augmentation, flip TTA, saving and loading."""
 
-import json
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 
 import methods
-import backbones
 import models
-import retrieval
-import rundir
-import train
 import vocabulary
-from cli import fails_with
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("arch", vocabulary.SCRATCH_ARCHS)
@@ -57,292 +57,116 @@ def test_dlbhc_model_saves_and_loads_with_the_latent_layer(tmp_path):
     assert encoder.output.shape == (None, 16)
 
 
-def test_dbr_method_targets_are_the_class_codewords():
-    method = methods.make_method("dbr", num_classes=10, bits=48, code_type="hamming74")
-    targets = method.targets(np.array([3, 0, 3]))
-    assert targets.shape == (3, 48) and targets.dtype == np.float32
-    np.testing.assert_array_equal(targets[0], targets[2])
-    # 6 Hamming(7,4) blocks at distance 3, plus a 6-bit remainder lexicode at distance 2.
-    assert method.summary()["codeword_min_distance"] == 20
-    assert method.training_model("encoder") == "encoder"
-
-
-def test_dlbhc_loss_is_cross_entropy_on_the_classifier():
-    method = methods.make_method("dlbhc", num_classes=3, bits=8)
-    probabilities = np.array([[0.5, 0.25, 0.25]], dtype="float32")
-    loss = float(method.loss()(method.targets([0]), probabilities))
-    assert loss == pytest.approx(-np.log(0.5), rel=1e-5)
-
-
-def test_code_type_only_for_dbr():
-    with pytest.raises(ValueError, match="method 'dbr' only"):
-        methods.make_method("dlbhc", 10, 48, code_type="origin")
-    with pytest.raises(ValueError, match="method='hashnet'"):
-        methods.make_method("hashnet", 10, 48)
-
-
-@pytest.mark.parametrize("name, rate", [("adadelta", 1.0), ("sgd", 0.01), ("adam", 0.001)])
-def test_optimizers_use_the_original_learning_rates(name, rate):
-    optimizer = train.make_optimizer(name)
-    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(rate)
-    assert float(keras.ops.convert_to_numpy(train.make_optimizer(name, 0.5).learning_rate)) == pytest.approx(0.5)
-
-
-def test_sgd_is_nesterov_momentum():
-    optimizer = train.make_optimizer("sgd")
-    assert optimizer.nesterov and optimizer.momentum == pytest.approx(0.9)
-
-
 # --- keras.applications backbones ---------------------------------------------------------
 # Built at input_size 32 (the smallest keras.applications takes) to keep the tests fast on a CPU.
-
-TINY_BACKBONE_SIZE = 32
-PREPROCESS_INPUT = {
-    "resnet50": keras.applications.resnet50.preprocess_input,
-    "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
-    "efficientnetb0": keras.applications.efficientnet.preprocess_input,
-    "vgg16": keras.applications.vgg16.preprocess_input,
-}
-
-
-def random_pixels(shape, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, size=shape).astype("float32")
-
-
-def tiny_backbone_encoder(arch="mobilenetv2", input_shape=(32, 32, 3), bits=8, **options):
-    return models.build_encoder(arch, input_shape, bits, input_size=TINY_BACKBONE_SIZE, **options)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", tuple(backbones.APPLICATIONS))
-def test_application_backbone_builds_from_raw_pixels_to_sigmoid_bits(arch):
-    encoder = tiny_backbone_encoder(arch, input_shape=(24, 40, 3), bits=12)
-    latent = keras.ops.convert_to_numpy(encoder(random_pixels((2, 24, 40, 3)), training=False))
-    assert latent.shape == (2, 12) and np.all((latent > 0) & (latent < 1))
-    names = [layer.name for layer in encoder.layers]
-    preprocessing = [layer.name for layer in backbones.backbone_preprocessing(arch)]
-    assert names == ["pixels", "random_flip", "resize", *preprocessing, backbones.BACKBONE_LAYER, "global_pool", models.LATENT_LAYER]
-    assert encoder.get_layer("resize").output.shape == (None, TINY_BACKBONE_SIZE, TINY_BACKBONE_SIZE, 3)
-    paths = [variable.path for variable in encoder.trainable_variables]
-    assert paths[-2:] == ["latent/kernel", "latent/bias"]
-    assert all(backbones.in_backbone(path) for path in paths[:-2]) and not backbones.in_backbone(paths[-1])
-
-
-@pytest.mark.parametrize("arch", tuple(backbones.APPLICATIONS))
-def test_preprocessing_layers_match_keras_preprocess_input(arch):
-    pixels = random_pixels((2, 5, 7, 3))
-    x = pixels
-    for layer in backbones.backbone_preprocessing(arch):
-        x = layer(x)
-    expected = PREPROCESS_INPUT[arch](pixels.copy())
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(x), expected, atol=1e-5)
-
-
-def test_grey_images_are_repeated_to_three_channels():
-    encoder = tiny_backbone_encoder(input_shape=(28, 28, 1))
-    assert "random_flip" not in [layer.name for layer in encoder.layers]  # digits are not mirrored
-    grey = random_pixels((2, 28, 28, 1))
-    rgb = keras.Model(encoder.input, encoder.get_layer("grey_to_rgb").output)(grey)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(rgb), np.repeat(grey, 3, axis=-1))
-    assert encoder(grey).shape == (2, 8)
-
-
-@pytest.mark.slow
-def test_frozen_backbone_is_not_trained_and_runs_in_inference_mode(tmp_path):
-    encoder = tiny_backbone_encoder(input_shape=(32, 32, 1), freeze_backbone=True)
-    assert [variable.path for variable in encoder.trainable_variables] == ["latent/kernel", "latent/bias"]
-    backbone = encoder.get_layer(backbones.BACKBONE_LAYER)
-    pixels = random_pixels((4, 32, 32, 3)) / 127.5 - 1
-    # Batch norm on its moving statistics even in training mode: the same output either way.
-    np.testing.assert_allclose(backbone(pixels, training=True), backbone(pixels, training=False), atol=1e-6)
-    encoder.save(tmp_path / "frozen.keras")
-    loaded = keras.saving.load_model(tmp_path / "frozen.keras")
-    assert [variable.path for variable in loaded.trainable_variables] == ["latent/kernel", "latent/bias"]
-
-
-def test_unfrozen_backbone_trains_in_training_mode():
-    backbone = tiny_backbone_encoder(input_shape=(32, 32, 1)).get_layer(backbones.BACKBONE_LAYER)
-    pixels = random_pixels((4, 32, 32, 3)) / 127.5 - 1
-    assert not np.allclose(backbone(pixels, training=True), backbone(pixels, training=False), atol=1e-3)
-
-
-@pytest.mark.parametrize(
-    "arch, options, message",
-    [
-        ("dbr", {"weights": "imagenet"}, "`weights` applies to the keras.applications archs"),
-        ("resnet", {"freeze_backbone": True}, "Received: freeze_backbone=True"),
-        ("mobilenetv2", {"input_shape": (20, 24, 4)}, r"Received: input_shape=\(20, 24, 4\)"),
-        ("mobilenetv2", {"input_size": 16}, "Received: input_size=16"),
-    ],
-)
-def test_backbone_options_are_checked(arch, options, message):
-    options = {"input_shape": (32, 32, 3), **options}
-    with pytest.raises(ValueError, match=message):
-        models.build_encoder(arch, options.pop("input_shape"), 8, **options)
 
 
 # --- weights ------------------------------------------------------------------------------
 
 
-def failing_download(*args, **kwargs):
-    """What Keras raises for a download without a connection (a bare Exception)."""
-    url = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-    raise Exception(f"URL fetch failure on {url}: None -- [Errno -2] Name or service not known")
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    from keras.src.utils import file_utils  # keras.applications downloads through this module's get_file
-
-    monkeypatch.setattr(file_utils, "get_file", failing_download)
-
-
-@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")  # 32: MobileNetV2 picks its 224 file
-def test_offline_imagenet_weights_say_how_to_pass_a_file(offline):
-    with pytest.raises(backbones.WeightsError) as error:
-        models.build_encoder("mobilenetv2", (32, 32, 3), 8, weights="imagenet")
-    message = str(error.value)
-    assert "offline" in message and "--weights PATH" in message and "\n" not in message
-    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in message
-
-
 # Keras 3.15 warns about containers of a functional model's .weights.h5 that it does not need.
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Skipping nested container")
-def test_weights_file_is_loaded_into_the_backbone(tmp_path):
-    network = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3))
-    network.save_weights(tmp_path / "mobilenetv2.weights.h5")
-    encoder = tiny_backbone_encoder(weights=str(tmp_path / "mobilenetv2.weights.h5"))
-    loaded = encoder.get_layer(backbones.BACKBONE_LAYER).network
-    for expected, actual in zip(network.weights, loaded.weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(expected), keras.ops.convert_to_numpy(actual))
-    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(tmp_path / "vgg16.weights.h5")
-    with pytest.raises(backbones.WeightsError, match="Could not load the weights file"):
-        tiny_backbone_encoder(weights=str(tmp_path / "vgg16.weights.h5"))
-
-
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Skipping nested container")
-def test_efficientnet_weights_file_gets_the_imagenet_input_scaling(tmp_path):
-    network = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
-    network.save_weights(tmp_path / "efficientnetb0.weights.h5")  # input normalisation variance 1
-    encoder = tiny_backbone_encoder("efficientnetb0", weights=str(tmp_path / "efficientnetb0.weights.h5"))
-    loaded = encoder.get_layer(backbones.BACKBONE_LAYER).network
-    normalization = next(layer for layer in loaded.layers if isinstance(layer, keras.layers.Normalization))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalization.variance).ravel(), backbones.IMAGENET_STDDEV_RGB, rtol=1e-6)
 
 
 # --- a smaller learning rate on the backbone ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", tuple(train.OPTIMIZERS))
-def test_backbone_variables_take_scaled_steps(name):
-    gradient = np.array([0.5, -2.0, 1e-3, 3.0], "float32")
-    with keras.name_scope(backbones.BACKBONE_LAYER):
-        backbone_weight = keras.Variable(np.ones(4, "float32"), name="kernel")
-    head_weight, plain_weight = (keras.Variable(np.ones(4, "float32"), name="kernel") for _ in range(2))
-    assert backbone_weight.path == "backbone/kernel" and head_weight.path == "kernel"
-    train.make_optimizer(name, backbone_lr_scale=0.1).apply([gradient, gradient], [backbone_weight, head_weight])
-    train.make_optimizer(name).apply([gradient], [plain_weight])
-    step = {key: 1 - keras.ops.convert_to_numpy(weight) for key, weight in (("backbone", backbone_weight), ("head", head_weight), ("plain", plain_weight))}
-    np.testing.assert_allclose(step["head"], step["plain"], rtol=1e-6)
-    np.testing.assert_allclose(step["backbone"], 0.1 * step["plain"], rtol=5e-3)
-    assert np.all(np.abs(step["plain"]) > 0)
-
-
-def test_backbone_rate_must_be_positive():
-    with pytest.raises(ValueError, match="Received: backbone_lr_scale=0"):
-        train.make_optimizer("adam", backbone_lr_scale=0)
-
-
-@pytest.mark.slow
-def test_backbone_rate_optimizer_saves_and_loads_with_the_model(tmp_path):
-    # VGG16: the quickest backbone to trace. Grey: no random flip, so the steps repeat exactly.
-    encoder = tiny_backbone_encoder("vgg16", input_shape=(32, 32, 1))
-    encoder.compile(optimizer=train.make_optimizer("sgd", backbone_lr_scale=0.25, schedule="cosine", total_steps=10), loss="mse")
-    pixels, targets = random_pixels((4, 32, 32, 1)), np.random.default_rng(1).random((4, 8)).astype("float32")
-    encoder.train_on_batch(pixels, targets)
-    encoder.save(tmp_path / "model.keras")
-    loaded = keras.saving.load_model(tmp_path / "model.keras")
-    assert isinstance(loaded.optimizer, train.RateScaleSGD) and loaded.optimizer.backbone_lr_scale == 0.25
-    assert [variable.path for variable in loaded.trainable_variables] == [variable.path for variable in encoder.trainable_variables]
-    encoder.train_on_batch(pixels, targets)
-    loaded.train_on_batch(pixels, targets)
-    for expected, actual in zip(encoder.weights, loaded.weights):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), keras.ops.convert_to_numpy(expected), atol=1e-6)
-
-
 # --- the command line -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def two_class_tree(tmp_path_factory):
-    """An image-folder tree `train/<class>/*.png`, `test/<class>/*.png`: 2 classes, 32x32 RGB."""
-    root = tmp_path_factory.mktemp("two_classes")
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 6), ("test", 2)):
-        for class_index, name in enumerate(("dark", "light")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for item in range(per_class):
-                pixels = rng.integers(0, 100, size=(32, 32, 3)) + 150 * class_index
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{item}.png")
-    return root
+def test_patch_whitening_makes_the_patch_covariance_the_identity_and_stays_frozen():
+    images = np.random.default_rng(1).random((40, 12, 12, 3), dtype="float32") * np.array([1.0, 0.5, 3.0], "float32")
+    layer = models.PatchWhitening()
+    layer.adapt(images)
+    outputs = keras.ops.convert_to_numpy(layer(images)).reshape(-1, 24)
+    np.testing.assert_allclose(np.cov(outputs[:, :12], rowvar=False), np.eye(12), atol=0.05)
+    np.testing.assert_allclose(outputs[:, 12:], -outputs[:, :12], atol=1e-4)  # +W and -W
+    np.testing.assert_allclose(outputs.mean(axis=0), 0.0, atol=1e-3)  # the bias centres the mean patch
+    assert [weight.name for weight in layer.trainable_weights] == ["bias"]
 
 
-def backbone_argv(tree, out, *extra):
-    return ["--data-dir", str(tree), "--arch", "mobilenetv2", "--backbone-size", "32", "-l", "8", "-e", "1", "-s", "0", "-t", "all", "--out", str(out), *extra]
+def test_identity_initialised_convolutions_pass_their_input_through():
+    images = np.random.default_rng(2).random((2, 6, 6, 3), dtype="float32")
+    conv = keras.layers.Conv2D(5, 3, padding="same", use_bias=False, kernel_initializer=models.PartialIdentity(seed=0))
+    outputs = keras.ops.convert_to_numpy(conv(images))
+    np.testing.assert_allclose(outputs[..., :3], images, rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--arch", "dbr", "--weights", "imagenet"], "--weights imagenet applies to the keras.applications archs (resnet50, mobilenetv2, efficientnetb0, vgg16) only, not --arch dbr"),
-        (["--arch", "resnet", "--freeze-backbone"], "--freeze-backbone applies to the keras.applications archs"),
-        (["--arch", "resnet", "--backbone-size", "64"], "--backbone-size applies to the keras.applications archs"),
-        (["--arch", "resnet50", "--weights", "/no/such/weights.h5"], "--weights must be imagenet, none or a weights file; no file /no/such/weights.h5"),
-        (["--arch", "vgg16", "--backbone-size", "16"], "--backbone-size must be at least 32, got 16"),
-        (["--arch", "vgg16", "--backbone-lr-scale", "0"], "--backbone-lr-scale must be positive, got 0.0"),
-        (["--arch", "vgg16", "--backbone-lr-scale", "0.5", "--freeze-backbone"], "contradict each other"),
-    ],
-)
-def test_bad_backbone_arguments_exit_2(capsys, tmp_path, argv, message):
-    fails_with(capsys, [*argv, "--out", str(tmp_path / "run")], message)
+def test_random_shift_cuts_a_window_of_the_reflect_padded_image():
+    images = np.random.default_rng(0).integers(0, 255, size=(64, 8, 8, 3)).astype("float32")
+    padding = 2
+    padded = np.pad(images, [(0, 0), (padding, padding), (padding, padding), (0, 0)], mode="reflect")
+    shifted = keras.ops.convert_to_numpy(models.RandomShift(padding, seed=1)(images, training=True))
+    offsets = set()
+    for image, window in zip(padded, shifted):
+        matches = [(row, column) for row in range(2 * padding + 1) for column in range(2 * padding + 1)
+                   if np.array_equal(image[row : row + 8, column : column + 8], window)]
+        assert matches, "not a window of the padded image"
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # per-image offsets, spread over the 25 possible
 
 
-def test_missing_weights_file_fails_before_keras_is_imported(tmp_path):
-    import subprocess
-    import sys
+def test_random_shift_is_the_identity_outside_training():
+    images = np.arange(2 * 6 * 6 * 1, dtype="float32").reshape(2, 6, 6, 1)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(models.RandomShift(3)(images)), images)
+    with pytest.raises(ValueError, match="padding=0"):
+        models.RandomShift(0)
 
-    code = (
-        "import sys, retrieval\n"
-        "try:\n"
-        f"    retrieval.main(['--arch', 'resnet50', '--weights', 'missing.h5', '--out', {str(tmp_path / 'run')!r}])\n"
-        "except SystemExit as error:\n"
-        "    print(error.code, 'keras' in sys.modules)\n"
+
+def test_augmentation_layers_follow_the_setting_and_the_image_kind():
+    def layer_names(input_shape, augment, arch="resnet"):
+        return {layer.name for layer in models.build_encoder(arch, input_shape, 8, augment=augment, width=2 if arch == "resnet" else None).layers}
+
+    assert {"random_shift", "random_flip"} <= layer_names((32, 32, 3), "crop-flip")
+    assert "random_flip" not in layer_names((28, 28, 1), "crop-flip")  # digits are shifted, not mirrored
+    assert not {"random_shift", "random_flip"} & layer_names((32, 32, 3), "none")
+    assert "random_flip" not in layer_names((32, 32, 3), None, arch="dbr")  # the original CNN: none
+    with pytest.raises(ValueError, match="`width` applies to arch"):
+        models.build_encoder("dbr", (32, 32, 3), 8, width=64)
+
+
+def test_width_sets_the_residual_stages():
+    encoder = models.build_encoder("resnet", (32, 32, 3), 8, width=8)
+    assert [encoder.get_layer(f"stage{stage}_conv").filters for stage in (1, 2, 3)] == [8, 16, 32]
+
+
+def test_flip_tta_averages_an_image_and_its_mirror_image():
+    inputs = keras.Input((2, 3, 1))
+    left_weighted = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(
+        keras.layers.Flatten()(inputs * np.array([1.0, 0.0, 0.0], "float32")[None, None, :, None])))
+    images = np.array([[[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]]]], "float32")
+    # Left column only: 1 + 4 = 5 plain, 3 + 6 = 9 mirrored; the mean is 7.
+    assert models.predict(left_weighted, images, 8)[0, 0] == pytest.approx(5.0)
+    assert models.predict_with_flips(left_weighted, images, 8)[0, 0] == pytest.approx(7.0)
+
+
+def test_flip_tta_mirrors_in_chunks_with_the_same_result(monkeypatch):
+    encoder = models.build_encoder("dbr", (16, 16, 3), 8)
+    images = np.random.default_rng(0).integers(0, 255, size=(10, 16, 16, 3)).astype("uint8")
+    whole = models.predict_with_flips(encoder, images, 4)
+    monkeypatch.setattr(models, "TTA_CHUNK", 3)  # 4 chunks, the last of 1 image
+    np.testing.assert_allclose(models.predict_with_flips(encoder, images, 4), whole, rtol=1e-6)
+    assert whole.shape == (10, 8)
+
+
+JIT_SCRIPT = """
+import keras, models
+shifted = models.build_encoder("resnet", (32, 32, 3), 8, augment="crop-flip", width=2)
+keras_cropped = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.RandomCrop(28, 28), keras.layers.Flatten(), keras.layers.Dense(8)])
+for model in (shifted, keras_cropped):
+    model.compile(optimizer="adam", loss="mse")
+    print(model.jit_compile)
+"""
+
+
+JAX_INSTALLED = importlib.util.find_spec("jax") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not JAX_INSTALLED, reason="JAX is not installed")
+def test_the_shift_keeps_xla_on_under_jax_where_keras_random_crop_turns_it_off():
+    result = subprocess.run(
+        [sys.executable, "-c", JIT_SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=str(REPO_ROOT)),
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=retrieval.__file__.rsplit("/", 1)[0], capture_output=True, text=True, timeout=60)
-    assert result.stdout.split() == ["2", "False"], result.stderr[-2000:]
-    assert "no file missing.h5" in result.stderr
-
-
-@pytest.mark.slow
-def test_cli_trains_a_mobilenetv2_backbone(two_class_tree, tmp_path, private_cache):
-    out = tmp_path / "mobilenetv2"
-    assert retrieval.main(backbone_argv(two_class_tree, out, "--weights", "none")) == 0
-    config = json.loads((out / rundir.CONFIG_FILE).read_text())
-    assert config["weights"] == "none" and config["backbone_size"] == 32
-    assert config["backbone_lr_scale"] == 1.0 and config["freeze_backbone"] is False  # random weights: full rate
-    metrics = json.loads((out / rundir.METRICS_FILE).read_text())
-    assert metrics["arch"] == "mobilenetv2" and 0 <= metrics["mAP@12"] <= 1
-    model = keras.saving.load_model(out / rundir.MODEL_FILE)
-    assert isinstance(model.optimizer, train.RateScaleAdam)
-
-
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:`input_shape` is undefined or non-square")
-def test_cli_offline_imagenet_weights_exit_2(two_class_tree, tmp_path, private_cache, offline, capsys):
-    stderr = fails_with(capsys, backbone_argv(two_class_tree, tmp_path / "offline"), "--weights PATH")
-    message = stderr.strip().splitlines()[-1]  # after argparse's usage lines
-    assert message.startswith("retrieval.py: error: Could not download the ImageNet weights of mobilenetv2 (")
-    assert "offline" in message and "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" in message
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "False"]

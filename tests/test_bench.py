@@ -1,0 +1,97 @@
+"""Tests for the bench/ scripts: each runs end to end on tiny data, resumes where it says so, and refuses bad flags with exit status 2."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+import retrieval
+import rundir
+from cli import fails_with, tiny_argv
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench(name):
+    """A script of bench/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_train_bench_scores_every_epoch_and_reports_when_each_threshold_was_reached(tiny_tree, tmp_path, capsys):
+    train_bench = load_bench("train_bench")
+    report_file = tmp_path / "report.json"
+    argv = ["--json", str(report_file), "--data-dir", str(tiny_tree), "--arch", "dbr", "-l", "12", "-e", "3", "--batch-size", "16"]
+    assert train_bench.main(argv) == 0
+    report = json.loads(report_file.read_text())
+    assert capsys.readouterr().out.splitlines()[-1] == json.dumps(report)
+    rows = report["epochs"]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert all(0 <= row["mAP@120"] <= 1 and row["images_per_second"] > 0 for row in rows)
+    assert report["train_seconds"] == pytest.approx(rows[-1]["cumulative_train_seconds"])
+    assert 0 <= report["compile_seconds"] <= rows[0]["train_seconds"]
+    assert report["final_mAP@120"] == pytest.approx(rows[-1]["mAP@120"], abs=1e-4)  # the last epoch's codes are the run's
+    for threshold, seconds in report["seconds_to"].items():
+        reached = [row["cumulative_train_seconds"] for row in rows if row["mAP@120"] >= float(threshold)]
+        assert seconds == (reached[0] if reached else None)
+    assert report["recipe"] == "dbr" and report["num_queries"] == 32
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
+        (["-e", "0"], "--epochs must be at least 1 to time an epoch, got 0"),
+        (["--resume"], "--resume does not apply: the benchmark times a whole training"),
+        (["--data-dir", "/nonexistent"], "train_bench.py: error: The path does not exist"),
+    ],
+)
+def test_train_bench_refuses_bad_flags_with_exit_2(capsys, argv, message):
+    fails_with(capsys, argv, message, main=load_bench("train_bench").main)
+
+
+@pytest.mark.slow
+def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert retrieval.main(tiny_argv(tiny_tree, out, "-e", "1")) == 0
+    tta_bench = load_bench("tta_bench")
+    capsys.readouterr()
+    assert tta_bench.main([str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # Without flips, the bench reproduces the run's own score.
+    assert report["plain"]["mAP@120"] == pytest.approx(rundir.read_json(out / rundir.METRICS_FILE)["mAP@120"], abs=1e-4)
+    assert 0 <= report["tta"]["mAP@120"] <= 1 and report["query_source"] == "test"
+
+
+@pytest.mark.slow
+def test_ablate_recipe_tabulates_each_trick_removed_and_resumes(tiny_tree, tmp_path, capsys, monkeypatch):
+    ablate_recipe = load_bench("ablate_recipe")
+    monkeypatch.setattr(ablate_recipe, "ABLATIONS", {"label smoothing": ["--label-smoothing", "0"]})
+    argv = ["--data-dir", str(tiny_tree), "--out-dir", str(tmp_path), "--val-size", "20", "--", "-e", "1", "--width", "4", "--batch-size", "20"]
+    assert ablate_recipe.main(argv) == 0
+    table = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"removed", ablate_recipe.BASELINE, "label smoothing", ablate_recipe.TTA}
+    full = float(rows[ablate_recipe.BASELINE][0])
+    assert float(rows["label smoothing"][1]) == pytest.approx(float(rows["label smoothing"][0]) - full, abs=2e-4)  # each figure rounded
+    reports = (tmp_path / "reports.jsonl").read_text().splitlines()
+    assert len(reports) == 3 and json.loads(reports[1])["flags"][-2:] == ["--label-smoothing", "0"]
+    # Run again: every report is there already, so nothing trains and the table is the same.
+    assert ablate_recipe.main(argv) == 0
+    again = capsys.readouterr().out
+    assert again.splitlines() == [line for line in table if not line.startswith("==")]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out-dir", "x", "--val-size", "0"], "--val-size must be at least 1, got 0"),
+        (["--out-dir", "x", "--", "-l", "12"], "-l after -- is this command's to set"),
+    ],
+)
+def test_ablate_recipe_refuses_bad_flags_with_exit_2(capsys, argv, message):
+    fails_with(capsys, argv, message, main=load_bench("ablate_recipe").main)
