@@ -224,10 +224,8 @@ class TripletRankingLoss(keras.losses.Loss):
     Args:
         margin: the margin, positive, in squared Euclidean units of the relaxed
             codes. Required (the method's default is `bits / 4`).
-        name: loss name. Defaults to `"dnnh_loss"`.
-        reduction: Keras reduction of the per-anchor values. Defaults to
-            `"sum_over_batch_size"`.
-        dtype: computation dtype. Defaults to `None` (Keras's float type).
+        name, reduction, dtype: as for `PairwiseLikelihoodLoss`; the name
+            defaults to `"dnnh_loss"`, and the reduction is over per-anchor values.
 
     Example:
 
