@@ -22,6 +22,7 @@ Keras: the CLI checks an index before it loads a model.
 
 import dataclasses
 import hashlib
+import os
 
 import numpy as np
 
@@ -137,7 +138,7 @@ def model_fingerprint(model):
     return digest.hexdigest()
 
 
-def write_index(path, codes, ids, bits, fingerprint, *, labels=None, features=None, attrs=None):
+def write_index(path, codes, ids, bits, fingerprint, *, labels=None, features=None, attrs=None, mode=None):
     """Writes a whole index file atomically (a temporary file beside `path`, renamed into place).
 
     Args:
@@ -150,15 +151,25 @@ def write_index(path, codes, ids, bits, fingerprint, *, labels=None, features=No
         features: float `[n, d]`, stored as `float16`. Defaults to `None` (no features).
         attrs: further attributes (`source`, `root`, `dataset`, `data_dir`, `class_names`,
             `features_layer`). Defaults to `None`.
+        mode: the file's permission bits. Defaults to `None`: what `open()` would give it under
+            the umask.
     """
-    import h5py
-
     codes = np.asarray(codes, dtype=np.uint8)
     if codes.ndim != 2 or codes.shape[1] != -(-bits // 8):
         raise ValueError(f"`codes` must have shape [n, {-(-bits // 8)}] for {bits} bits. Received: codes.shape={codes.shape}")
     if len(ids) != len(codes):
         raise ValueError(f"`ids` must hold one id per code, {len(codes)}. Received: len(ids)={len(ids)}")
-    with rundir.atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+    needed = codes.nbytes + sum(len(str(item)) + 16 for item in ids) + rundir.HDF5_METADATA_BYTES
+    needed += sum(np.asarray(array).size * 8 for array in (labels, features) if array is not None)
+    with rundir.atomic_path(path, mode) as temporary:
+        rundir.no_space(needed, os.path.dirname(os.path.abspath(path)))  # HDF5 cannot clean up a file it failed to flush
+        _write_index_file(temporary, codes, ids, bits, fingerprint, labels, features, attrs)
+
+
+def _write_index_file(temporary, codes, ids, bits, fingerprint, labels, features, attrs):
+    import h5py
+
+    with h5py.File(temporary, "w") as file:
         file.create_dataset("codes", data=codes, chunks=(min(len(codes), 65536) or 1, codes.shape[1]) if len(codes) else None)
         file.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=h5py.string_dtype("utf-8"))
         if labels is not None:
@@ -209,7 +220,8 @@ def read_index(path):
 
 def append_index(path, codes, ids, fingerprint, *, labels=None, features=None, attrs=None):
     """Adds items to an existing index: the old file is copied and extended in a temporary file,
-    which then replaces it, so an interrupted append leaves the old index as it was.
+    which then replaces it with the old file's mode, so an interrupted append leaves the old
+    index as it was. `search.py encode` holds the index's lock meanwhile, so appends never race.
 
     Raises:
         IndexFileError: the index is unreadable, or was made by another model, code length, source,
@@ -240,6 +252,7 @@ def append_index(path, codes, ids, fingerprint, *, labels=None, features=None, a
         labels=None if labels is None else np.concatenate([old.labels(), labels]),
         features=None if features is None else np.concatenate([old._read("features", None), np.asarray(features, np.float16)]),
         attrs={**{k: v for k, v in old.attrs.items() if k not in ("bits", "format_version", "model_fingerprint")}, **{k: v for k, v in (attrs or {}).items() if k != "bits"}},
+        mode=os.stat(path).st_mode & 0o7777,  # the extended index keeps the mode the old one had
     )
     return old.ntotal + len(codes)
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import options
+import rundir
 
 REPO = Path(__file__).resolve().parent
 RESULTS_FILE = "results.md"
@@ -88,9 +89,29 @@ def results_table(args, cells):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Runs the grid's missing cells and writes results.md; returns the exit status.
+
+    0 done; 2 bad input; 130 interrupted (Ctrl-C): the finished cells are kept, and the same
+    command runs the rest, an unfinished cell resuming from its last finished epoch.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
     out_root = Path(args.out)
-    out_root.mkdir(parents=True, exist_ok=True)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        table = results_table(args, run_grid(args, out_root))
+        with rundir.atomic_path(out_root / RESULTS_FILE) as temporary:
+            temporary.write_text(table)
+    except rundir.WriteError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted; the finished cells in {out_root} are kept: run the same command again to go on\n")
+    print(table)
+    return 0
+
+
+def run_grid(args, out_root):
+    """Each cell's command and metrics (None where it did not finish), running the cells not yet done."""
     cells = {}
     for method in args.methods:
         for bits in args.bits:
@@ -100,10 +121,7 @@ def main(argv=None):
             if metrics is None and not args.table_only:
                 metrics = run_cell(command, out)
             cells[(method, bits)] = (command, metrics)
-    table = results_table(args, cells)
-    (out_root / RESULTS_FILE).write_text(table)
-    print(table)
-    return 0
+    return cells
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ status 2, and never touches an earlier run's files.
 """
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,9 @@ import numpy as np
 
 import data
 import devices
+import options
 import protocols
 import recipes
-import options
 import rundir
 import vocabulary as V
 from options import UsageError
@@ -290,6 +291,7 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         seconds = time.perf_counter() - started
     models.unsynchronize_batch_norm(model)
     with rundir.atomic_path(model_path) as temporary:
+        rundir.no_space(train.checkpoint_bytes(model), out)
         model.save(temporary)
     rundir.remove_backup(out)
     return placement.local_model(model, model_path), config["epochs"], seconds
@@ -343,6 +345,7 @@ USAGE_ERRORS = (UsageError, rundir.RunDirError, data.DataError, devices.DeviceEr
 def prepare(args):
     """The config of a new run from parsed arguments, with its run folder and data checked; no Keras yet."""
     config = devices.worker_config(options.resolve_args(args))  # process > 0: a private temporary run folder
+    args.resolved_out = config["out"]  # for the message of an interrupted run
     rundir.check_out_dir(config["out"], overwrite=args.overwrite)
     if config["data_dir"]:
         data.check_data_dir(config["data_dir"])
@@ -352,15 +355,35 @@ def prepare(args):
 
 
 def main(argv=None):
-    """Command-line entry point; returns the exit status (0 done, 2 bad input)."""
+    """Command-line entry point; returns the exit status.
+
+    0 done; 2 bad input, or `--out` held by a live run (one line, nothing written); 1 a file that
+    could not be written (one line naming it; the run resumes from its last finished epoch once
+    there is room); 130 interrupted (Ctrl-C: one line with the command that resumes the run).
+    """
     parser = options.build_parser()
     args = parser.parse_args(argv)
     try:
         config = _resumed_config(args) if args.resume else prepare(args)
-        run(config, verbose=args.verbose, resume=args.resume)
+        with rundir.run_lock(config["out"]):
+            if not args.resume:  # again under the lock: a run that held it may have written the folder
+                rundir.check_out_dir(config["out"], overwrite=args.overwrite)
+            run(config, verbose=args.verbose, resume=args.resume)
     except USAGE_ERRORS as error:
         parser.error(str(error))
+    except rundir.WriteError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}; {_resume_hint(args)}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted; {_resume_hint(args)}\n")
     return 0
+
+
+def _resume_hint(args):
+    """What the user can do after a run stopped half-way: the command that resumes it, if anything was saved."""
+    out = args.out if args.resume else getattr(args, "resolved_out", None)
+    if out is None or not (Path(out) / rundir.CONFIG_FILE).is_file():
+        return "nothing of this run was saved"
+    return f"the finished epochs are kept; resume with: python retrieval.py --resume --out {shlex.quote(str(out))}"
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
 A run folder holds `config.json` (written first), `model.keras`, `codes.h5`,
 `precision_at_k.png`, `pr_curve.png` and `metrics.json` (written last), plus `backup/` while
-training is under way. Every file is written under a temporary name in the same
-folder and renamed into place, so a killed run never leaves a file that looks
-complete, and `metrics.json` present means the run finished.
+training is under way, and `.lock`, which the live run holds (`lock`). Every file is written
+under a temporary name in the same folder and renamed into place, so a killed run never leaves
+a file that looks complete, and `metrics.json` present means the run finished; the renamed file
+gets the mode a plain `open()` would have given it under the process's umask.
 
 Nothing here imports TensorFlow: the CLI checks its folder before any of that.
 """
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,11 +32,42 @@ CODES_FILE = "codes.h5"
 PLOT_FILE = "precision_at_k.png"
 PR_CURVE_FILE = "pr_curve.png"
 BACKUP_DIR = "backup"
+LOCK_FILE = ".lock"  # held by the live run; never removed, so two runs always lock the same file
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, CODES_FILE, PLOT_FILE, PR_CURVE_FILE)
+# The mode `open()` creates files with, before the umask takes its bits away.
+NEW_FILE_MODE = 0o666
+# Room asked for HDF5's own structures, beyond the arrays, before an HDF5 file is written.
+HDF5_METADATA_BYTES = 2**20
 
 
 class RunDirError(Exception):
     """A run folder that cannot be used as asked; the message is meant for the user."""
+
+
+class WriteError(Exception):
+    """A file could not be written (a full disk, a lost permission); one line naming the path and the error."""
+
+    def __init__(self, path, error):
+        super().__init__(f"cannot write {path}: {_reason(error)}")
+
+
+def _reason(error):
+    """The short reason of an `OSError`: its `strerror`, or HDF5's "error message" in h5py's long text."""
+    if getattr(error, "strerror", None):
+        return error.strerror
+    text = str(error)
+    hdf5_reason = re.search(r"error message = '([^']+)'", text)
+    return hdf5_reason.group(1) if hdf5_reason else (text.splitlines() or [type(error).__name__])[0]
+
+
+def no_space(needed_bytes, folder):
+    """Raises the `OSError` a full disk gives if `folder`'s file system has under `needed_bytes` free.
+
+    Writers whose failure half-way is messy (HDF5 leaves files it cannot flush, which crash the
+    interpreter when they are freed) ask first.
+    """
+    if shutil.disk_usage(folder).free < needed_bytes:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def check_out_dir(out, resume=False, overwrite=False):
@@ -54,7 +89,7 @@ def check_out_dir(out, resume=False, overwrite=False):
     if resume:
         if not (out / CONFIG_FILE).is_file():
             raise RunDirError(f"--resume: no run to resume in {out} (it has no {CONFIG_FILE})")
-    elif out.is_dir() and any(out.iterdir()) and not overwrite:
+    elif out.is_dir() and any(entry.name != LOCK_FILE for entry in out.iterdir()) and not overwrite:
         raise RunDirError(f"--out {out} is not empty; pass --resume to continue that run or --overwrite to replace it")
     _check_writable(out)
 
@@ -73,20 +108,96 @@ def remove_backup(out):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, mode=None):
     """Yields a temporary path beside `path`; renames it to `path` only if the block succeeds.
 
-    The temporary name keeps `path`'s suffix, since some writers (Keras's
-    `model.save`) insist on it.
+    The temporary name keeps `path`'s suffixes, since some writers insist on them (Keras's
+    `model.save` on `.keras`, `save_weights` on `.weights.h5`). The file gets `mode`, by default the one `open()` would give a new file under the
+    process's umask (`tempfile.mkstemp` alone would leave it 0600). An `OSError` while writing
+    or renaming (a full disk, say) becomes a `WriteError` naming `path`; either way the
+    temporary file is removed and `path` keeps what it held before.
+
+    Args:
+        path: the file to write.
+        mode: permission bits for the finished file. Defaults to `None`: `NEW_FILE_MODE` less
+            the umask.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{''.join(path.suffixes)}")
+    except OSError as error:
+        raise WriteError(path, error) from None
     os.close(descriptor)
     try:
         yield Path(temporary)
+        os.chmod(temporary, NEW_FILE_MODE & ~current_umask() if mode is None else mode)
         os.replace(temporary, path)
+    except OSError as error:
+        raise WriteError(path, error) from None
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def current_umask():
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def lock(lock_path, what):
+    """Holds an exclusive lock on `lock_path` for the block, or refuses at once if a live process holds it.
+
+    The lock is the kernel's (`fcntl.flock`): a process that dies, even by SIGKILL, lets go of it,
+    so a stale lock file never blocks anyone. The holder writes its process id into the file, for
+    the message of whoever is refused.
+
+    Args:
+        lock_path: the lock file; created if missing, never removed.
+        what: how the message names the locked thing, e.g. `"--out runs/a"`.
+
+    Raises:
+        RunDirError: another live process holds the lock; the message names its process id.
+    """
+    lock_path = Path(lock_path)
+    try:
+        stream = open(lock_path, "a+")
+    except OSError as error:
+        raise WriteError(lock_path, error) from None
+    with stream:
+        try:
+            fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise WriteError(lock_path, error) from None
+            stream.seek(0)
+            holder = stream.read().strip() or "unknown"
+            raise RunDirError(f"{what} is in use by process {holder}; wait for it to finish, or choose another") from None
+        stream.seek(0)
+        stream.truncate()
+        stream.write(f"{os.getpid()}\n")
+        stream.flush()
+        yield
+
+
+@contextlib.contextmanager
+def run_lock(out):
+    """`lock` on the run folder `out`, held while a run writes it.
+
+    A folder made here for the lock alone is removed again if the run wrote nothing into it
+    (bad input found once the data was read), so a refused run leaves no trace.
+    """
+    out = Path(out)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with lock(out / LOCK_FILE, f"--out {out}"):
+            yield
+    finally:
+        if made and [entry.name for entry in out.iterdir()] == [LOCK_FILE]:
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            out.rmdir()
 
 
 def write_json(path, payload):
@@ -163,11 +274,19 @@ def write_codes(path, db_bits, query_bits, db_labels, query_labels, split):
     item, by `db_source`/`query_source` (indices into `protocols.SOURCES`:
     train, test, database).
     """
+    arrays = (db_bits, query_bits, db_labels, query_labels, split.database.positions, split.queries.positions)
+    with atomic_path(path) as temporary:
+        # Twice the arrays' bytes: labels are stored as int64, which may be wider than they come.
+        no_space(sum(np.asarray(array).nbytes * 2 for array in arrays) + HDF5_METADATA_BYTES, Path(path).parent)
+        _write_codes(temporary, db_bits, query_bits, db_labels, query_labels, split)
+
+
+def _write_codes(temporary, db_bits, query_bits, db_labels, query_labels, split):
     import h5py
 
     import protocols
 
-    with atomic_path(path) as temporary, h5py.File(temporary, "w") as codes:
+    with h5py.File(temporary, "w") as codes:
         codes["db_bits"] = db_bits
         codes["query_bits"] = query_bits
         codes["db_labels"] = db_labels.astype(np.int64)

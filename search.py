@@ -100,14 +100,20 @@ def encode(args):
         raise UsageError("--folder-labels applies to --images only")
     _check_model_path(args.model)
     out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: no folder {out.parent}")
+    with rundir.lock(index_lock_path(out), f"the index {out}"):  # one writer at a time
+        return _encode_into(out, args)
+
+
+def _encode_into(out, args):
+    """`encode` while holding the index's lock: reads the index to extend (if any), encodes, writes."""
     if args.append:
         previous = index_file.read_index(out)  # a broken index is refused before any work
     else:
         previous = None
         if out.exists():
             raise UsageError(f"--out {out} exists; pass --append to add to it, or choose another file")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: no folder {out.parent}")
     if args.images is not None:
         files = _image_files(args.images)
         if previous is not None and previous.attrs.get("root") != str(Path(args.images).resolve()):
@@ -473,7 +479,12 @@ def _item_images(index, positions):
 
 
 def main(argv=None):
-    """Command-line entry point; returns the exit status (0 done, 2 bad input)."""
+    """Command-line entry point; returns the exit status.
+
+    0 done; 2 bad input, or an index another `encode` is writing (one line; the index untouched);
+    1 a file that could not be written; 130 interrupted (Ctrl-C). The index is replaced only
+    whole, so it is never left half-written.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -483,7 +494,17 @@ def main(argv=None):
             query(args)
     except (UsageError, index_file.IndexFileError, data.DataError, rundir.RunDirError) as error:
         parser.error(str(error))
+    except rundir.WriteError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}; the index is as it was\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"{parser.prog}: interrupted; the index {args.out if args.command == 'encode' else args.index} is as it was\n")
     return 0
+
+
+def index_lock_path(index_path):
+    """The lock file of an index, beside it: one `encode` at a time writes an index (`rundir.lock`)."""
+    index_path = Path(index_path)
+    return index_path.parent / f".{index_path.name}.lock"
 
 
 if __name__ == "__main__":

@@ -1,22 +1,27 @@
 """Training: optimisers, precision, and the resumable `fit`.
 
-One path trains every method: `fit_resumable` runs `model.fit` with Keras's
-`BackupAndRestore` callback, which saves the weights and the epoch number into
-the run folder after every epoch, so a killed run continues from its last
-finished epoch when started again with the same backup folder.
+One path trains every method: `fit_resumable` runs `model.fit` with an
+`EpochCheckpoint`, which saves the weights and the optimiser's state after every
+epoch into the backup folder, each checkpoint written whole under a temporary
+name and renamed into place. A run started again with the same backup folder
+loads the newest complete checkpoint and continues from the epoch after it, so
+a kill, a Ctrl-C or a full disk loses at most the epoch under way, and a
+half-written checkpoint is never loaded.
 
 Backend-specific precision sits behind one small seam, `use_mixed_precision_on_gpu`;
 where training runs (devices, data-parallel distribution, processes) is devices.py's.
 """
 
-import json
+import re
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import ops
 
 import backbones
 import models
+import rundir
 import vocabulary
 
 # The optimisers the original tool offered, by name and by its numeric code.
@@ -37,7 +42,14 @@ TRIANGLE_PEAK_FRACTION = 0.23
 # whose values replace the weights at the end of training; this momentum averages over
 # roughly the last 1 / (1 - momentum) steps.
 EMA_MOMENTUM = 0.98
-BACKUP_METADATA = "training_metadata.json"
+# A checkpoint per finished epoch in the backup folder (only the newest is kept); its name
+# carries the epoch, so weights and epoch count are always one file, written atomically.
+CHECKPOINT_NAME = "epoch-{epoch:04d}.weights.h5"
+CHECKPOINT_PATTERN = re.compile(r"epoch-(\d+)\.weights\.h5")
+# Room asked for before a checkpoint is written (`rundir.no_space`): its raw bytes times this,
+# plus this much for HDF5's own structures.
+CHECKPOINT_OVERHEAD = 1.1
+CHECKPOINT_METADATA_BYTES = 2**20
 
 
 def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None, weight_decay=None,
@@ -236,23 +248,74 @@ def use_mixed_precision_on_gpu():
     return keras.mixed_precision.global_policy().name
 
 
+def checkpoints(backup_dir):
+    """The complete checkpoints in `backup_dir`, oldest first, as `(epoch, path)` pairs."""
+    backup_dir = Path(backup_dir)
+    if not backup_dir.is_dir():
+        return []
+    found = ((CHECKPOINT_PATTERN.fullmatch(path.name), path) for path in backup_dir.iterdir())
+    return sorted((int(match.group(1)), path) for match, path in found if match)
+
+
 def resumed_epoch(backup_dir):
-    """The epoch a resumed `fit` will start from: the last one `BackupAndRestore` saved, else 0."""
-    metadata = Path(backup_dir) / BACKUP_METADATA
-    if not metadata.is_file():
+    """The epoch a resumed `fit` starts from: that of the newest complete checkpoint, else 0."""
+    found = checkpoints(backup_dir)
+    return found[-1][0] if found else 0
+
+
+def restore_checkpoint(model, backup_dir):
+    """Loads the newest complete checkpoint (weights and optimiser state) into `model`; returns its epoch, or 0."""
+    found = checkpoints(backup_dir)
+    if not found:
         return 0
-    return int(json.loads(metadata.read_text())["epoch"])
+    epoch, path = found[-1]
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
+    model.load_weights(path)
+    return epoch
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the weights and the optimiser's state after every epoch, atomically, keeping only the newest.
+
+    Each checkpoint is written under a temporary name and renamed (`rundir.atomic_path`), so the
+    backup folder holds complete checkpoints only; the older one is removed after the newer is in
+    place. A failed write (a full disk) is a `rundir.WriteError` and leaves the older one.
+
+    Args:
+        backup_dir: the folder of the checkpoints, made when the first is saved.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        with rundir.atomic_path(self.backup_dir / CHECKPOINT_NAME.format(epoch=epoch + 1)) as temporary:
+            rundir.no_space(checkpoint_bytes(self.model), self.backup_dir)
+            self.model.save_weights(temporary)
+        for _, older in checkpoints(self.backup_dir)[:-1]:
+            older.unlink(missing_ok=True)
+
+
+def checkpoint_bytes(model):
+    """About the size of a checkpoint of `model`: its weights and optimiser state, plus HDF5's overhead."""
+    variables = [*model.weights, *(model.optimizer.variables if model.optimizer is not None else [])]
+    raw = sum(int(np.prod(variable.shape)) * np.dtype(variable.dtype).itemsize for variable in variables)
+    return int(raw * CHECKPOINT_OVERHEAD) + CHECKPOINT_METADATA_BYTES
 
 
 def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verbose=1, callbacks=()):
     """Runs `model.fit`, saving state every epoch and resuming from `backup_dir` if it holds any.
 
-    The backup is kept after training (`delete_checkpoint=False`): the caller
-    removes it once the trained model itself is safely on disk, so no moment
-    exists at which a kill loses the finished training.
+    The newest complete checkpoint in `backup_dir` is loaded first and `fit` starts at the
+    epoch after it. The checkpoints are kept after training: the caller removes them once the
+    trained model itself is safely on disk, so no moment exists at which a kill loses the
+    finished training.
 
     Args:
-        model: a compiled `keras.Model`.
+        model: a compiled, built `keras.Model`.
         x: training inputs, shuffled into batches of `batch_size`; or a
             `keras.utils.PyDataset` that yields its own `(inputs, targets)`
             batches in its own order (e.g. `batches.ClassBalancedBatches` for
@@ -262,27 +325,28 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
         y: training targets. Defaults to `None` (for a `PyDataset`).
         epochs: total number of epochs, counting those already done.
         batch_size: examples per step. Defaults to `None` (for a `PyDataset`).
-        backup_dir: folder for `BackupAndRestore`'s state.
+        backup_dir: the folder of the checkpoints (`EpochCheckpoint`).
         verbose: 0 silent, 1 a progress bar per epoch. Defaults to 1.
-        callbacks: further Keras callbacks, run after the backup. Defaults to `()`.
+        callbacks: further Keras callbacks, run after the checkpoint. Defaults to `()`.
 
     Returns:
         The `History` of this call (epochs run now only).
     """
-    backup = keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
     own_batches = isinstance(x, keras.utils.PyDataset)
     if own_batches and (y is not None or batch_size is not None):
         raise ValueError(
             "With a `PyDataset` as `x`, `y` and `batch_size` must be `None`: it yields its own batches. "
             f"Received: y={'None' if y is None else 'an array'}, batch_size={batch_size}"
         )
+    start_epoch = restore_checkpoint(model, backup_dir)
     own_callbacks = [x.epoch_callback()] if hasattr(x, "epoch_callback") else []
     return model.fit(
         x,
         y,
         epochs=epochs,
+        initial_epoch=start_epoch,
         batch_size=batch_size,
         shuffle=not own_batches,  # a PyDataset's batch order is its own (seeded) choice
         verbose=verbose,
-        callbacks=[backup, *own_callbacks, *callbacks],
+        callbacks=[EpochCheckpoint(backup_dir), *own_callbacks, *callbacks],
     )

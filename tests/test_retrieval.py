@@ -114,7 +114,7 @@ def finished_run(tiny_tree, tmp_path_factory):
 @pytest.mark.slow
 def test_run_writes_every_output(finished_run):
     names = sorted(path.name for path in finished_run.iterdir())
-    assert names == sorted([*rundir.RUN_FILES])  # no temporary or backup left behind
+    assert names == sorted([*rundir.RUN_FILES, rundir.LOCK_FILE])  # no temporary or backup left behind
     metrics = json.loads((finished_run / rundir.METRICS_FILE).read_text())
     assert metrics["top"] == 120 and metrics["bits"] == 12 and metrics["method"] == "dbr"
     assert len(metrics["precision_at_k"]) == 120
