@@ -66,6 +66,8 @@ def run(config, verbose=1, resume=False, callbacks=()):
     config = _resolve_class_batches(_resolve_recipe(config, colour=train_x.shape[-1] == 3, train_size=len(train_y)), train_y, log)
     _check_batches_fit_devices(config)
     timings["data_seconds"] = time.perf_counter() - started
+    for folder in (out, out / rundir.BACKUP_DIR):  # what a killed run was writing
+        rundir.remove_temporaries(folder)
     if not resume:
         out.mkdir(parents=True, exist_ok=True)
         rundir.clear_run(out)

@@ -138,6 +138,20 @@ def atomic_path(path, mode=None):
         Path(temporary).unlink(missing_ok=True)
 
 
+def temporary_pattern(path):
+    """The glob of the temporary files `atomic_path(path)` makes beside `path`."""
+    path = Path(path)
+    return f".{path.stem}.*.tmp{''.join(path.suffixes)}"
+
+
+def remove_temporaries(folder, name=None):
+    """Removes the temporary files that writers killed mid-write (SIGKILL, power loss) left in
+    `folder`: those of the file `name`, or all of `atomic_path`'s. Only for the lock's holder."""
+    pattern = temporary_pattern(Path(folder) / name) if name else ".*.tmp*"
+    for leftover in Path(folder).glob(pattern):
+        leftover.unlink(missing_ok=True)
+
+
 def current_umask():
     """The process's umask (read by setting it and setting it back)."""
     mask = os.umask(0)

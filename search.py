@@ -108,6 +108,7 @@ def encode(args):
 
 def _encode_into(out, args):
     """`encode` while holding the index's lock: reads the index to extend (if any), encodes, writes."""
+    rundir.remove_temporaries(out.parent, out.name)  # what a killed encode was writing
     if args.append:
         previous = index_file.read_index(out)  # a broken index is refused before any work
     else:

@@ -104,7 +104,10 @@ def test_ctrl_c_after_training_keeps_the_model_and_resume_finishes(capsys, tiny_
     assert f"resume with: python retrieval.py --resume --out {out}" in stderr
     assert (out / rundir.MODEL_FILE).is_file() and not (out / rundir.METRICS_FILE).exists() and not leftovers(out)
     assert (out / rundir.CODES_FILE).exists() == (stage == "evaluation")  # written whole, or not at all
+    # What a SIGKILL at that moment leaves besides: the temporary file it was writing.
+    (out / ".codes.k1ll3d.tmp.h5").write_bytes(b"half an HDF5 file")
     resumes_to_the_end(out)
+    assert not leftovers(out)
 
 
 def test_ctrl_c_before_anything_is_saved_says_so(capsys, tiny_tree, tmp_path, monkeypatch):
@@ -300,7 +303,9 @@ def test_ctrl_c_mid_index_append_leaves_the_index_as_it_was(capsys, tiny_tree, t
         stderr = interrupted(capsys, search.main, append)
     assert f"the index {out} is as it was" in stderr
     assert out.read_bytes() == before and not leftovers(tmp_path)
+    (tmp_path / ".photos.k1ll3d.tmp.h5").write_bytes(b"half an HDF5 file")  # what a SIGKILL leaves besides
     assert search.main(append) == 0 and index_file.read_index(out).ntotal == 16
+    assert not leftovers(tmp_path)
 
 
 # --- file modes ------------------------------------------------------------------------------------
