@@ -41,7 +41,7 @@ def build_parser():
     parser.add_argument("--protocol", default="dlbhc", help="evaluation protocol (default: %(default)s)")
     parser.add_argument("--dataset", default="cifar10", help="dataset (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="offline dataset copy (default: download)")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per run (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the recipe's, as retrieval.py's -e)")
     parser.add_argument("--out", default="runs/reproduce", help="folder of the grid's runs and results.md (default: %(default)s)")
     parser.add_argument("--table-only", action="store_true", help="write results.md from the runs already there; train nothing")
     parser.add_argument("extra", nargs="*", help="further retrieval.py arguments, after --")
@@ -51,7 +51,7 @@ def build_parser():
 def cell_command(args, method, bits, out):
     """The `retrieval.py` command line of one cell."""
     command = ["retrieval.py", "--dataset", args.dataset, "--protocol", args.protocol, "--method", method,
-               "-l", str(bits), "-e", str(args.epochs), "--out", str(out), *args.extra]
+               "-l", str(bits), *(["-e", str(args.epochs)] if args.epochs is not None else []), "--out", str(out), *args.extra]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     return command
