@@ -39,22 +39,6 @@ def resolved(*flags):
         (["-s", "3"], "invalid choice: 3"),
         (["-l", "forty"], "invalid int value: 'forty'"),
         (["--resume"], "--resume needs --out"),
-    ],
-)
-def test_bad_arguments_exit_2(capsys, tmp_path, argv, message):
-    fails_with(capsys, [*argv, "--out", str(tmp_path / "run")] if "--resume" not in argv else argv, message)
-
-
-def test_the_default_run_is_the_speedrun_network_with_the_dlbhc_method():
-    config = resolved()
-    assert (config["arch"], config["method"], config["recipe"]) == ("speedrun", "dlbhc", "auto")
-    assert resolved("--arch", "dbr")["method"] == "dbr"  # DeepBinaryRepre's network trains its own method
-    assert resolved("--arch", "dbr", "--method", "dhn")["method"] == "dhn"
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
         (["--recipe", "quick"], "--recipe must be one of auto, speedrun, dbr, classic, got 'quick'"),
         (["--width", "0"], "--width must be at least 1, got 0"),
         (["--arch", "dbr", "--width", "64"], "--width applies to --arch resnet or speedrun only, not --arch dbr"),
@@ -67,9 +51,16 @@ def test_the_default_run_is_the_speedrun_network_with_the_dlbhc_method():
         (["--schedule", "linear"], "--schedule must be one of constant, cosine, triangular, got 'linear'"),
     ],
 )
-def test_bad_training_settings_exit_2(capsys, tmp_path, flags, message):
-    fails_with(capsys, ["--out", str(tmp_path / "run"), *flags], message)
+def test_bad_arguments_exit_2_before_anything_is_written(capsys, tmp_path, argv, message):
+    fails_with(capsys, [*argv, "--out", str(tmp_path / "run")] if "--resume" not in argv else argv, message)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_default_run_is_the_speedrun_network_with_the_dlbhc_method():
+    config = resolved()
+    assert (config["arch"], config["method"], config["recipe"]) == ("speedrun", "dlbhc", "auto")
+    assert resolved("--arch", "dbr")["method"] == "dbr"  # DeepBinaryRepre's network trains its own method
+    assert resolved("--arch", "dbr", "--method", "dhn")["method"] == "dhn"
 
 
 @pytest.mark.parametrize(
