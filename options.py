@@ -36,8 +36,6 @@ class ArgumentParser(argparse.ArgumentParser):
 DEFAULTS = {"arch": "speedrun", "recipe": recipes.AUTO, "seed": 0, "dataset": "cifar10"}
 
 
-DEFAULT_TOP = 1000
-
 
 class UsageError(Exception):
     """A problem with what the user asked for; printed as one line, exit status 2."""
@@ -54,7 +52,7 @@ def build_parser():
     add("-q", "--queries", type=int, default=None, help="number of queries drawn (seeded) from the test split (default: all of it)")
     add("-e", "--epochs", type=int, default=None, help=f"training epochs (default: the recipe's, {_recipe_defaults('epochs')})")
     add("-s", "--verbose", type=int, choices=(0, 1), default=1, help="0 silent, 1 progress bars and logs (default: %(default)s)")
-    add("-t", "--top", default=None, help=f"k of mAP@k and precision@k, or 'all' for the whole database (default: {DEFAULT_TOP}, clipped to the database size)")
+    add("-t", "--top", default=None, help=f"k of mAP@k and precision@k, or 'all' for the whole database (default: the protocol's, {protocols.DEFAULT_TOP['dlbhc']} for dlbhc, clipped to the database size)")
     add("-o", "--optimizer", default=None, help=f"adadelta or 1 (lr 1.0), sgd or 2 (lr 0.01, Nesterov momentum 0.9), adam (lr 0.001) (default: the recipe's, {_recipe_defaults('optimizer')})")
     add("-a", "--extra-layer", type=int, choices=(1, 2), default=1, help="1 no, 2 yes: a Dense(512)+ReLU block before the latent layer (default: %(default)s)")
     add("-c", "--code-type", default=None, help="target codewords of --method dbr: 1 or origin (12-bit lexicode), 2 or hamming74 (default: origin)")

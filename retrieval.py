@@ -347,7 +347,6 @@ USAGE_ERRORS = (UsageError, rundir.RunDirError, data.DataError, devices.DeviceEr
 def prepare(args):
     """The config of a new run from parsed arguments, with its run folder and data checked; no Keras yet."""
     config = devices.worker_config(options.resolve_args(args))  # process > 0: a private temporary run folder
-    args.resolved_out = config["out"]  # for the message of an interrupted run
     rundir.check_out_dir(config["out"], overwrite=args.overwrite)
     if config["data_dir"]:
         data.check_data_dir(config["data_dir"])
@@ -365,24 +364,25 @@ def main(argv=None):
     """
     parser = options.build_parser()
     args = parser.parse_args(argv)
+    out = args.out if args.resume else None  # the run folder, once known: for the resume hint
     try:
         config = _resumed_config(args) if args.resume else prepare(args)
-        with rundir.run_lock(config["out"]):
+        out = config["out"]
+        with rundir.run_lock(out):
             if not args.resume:  # again under the lock: a run that held it may have written the folder
-                rundir.check_out_dir(config["out"], overwrite=args.overwrite)
+                rundir.check_out_dir(out, overwrite=args.overwrite)
             run(config, verbose=args.verbose, resume=args.resume)
     except USAGE_ERRORS as error:
         parser.error(str(error))
     except rundir.WriteError as error:
-        parser.exit(1, f"{parser.prog}: error: {error}; {_resume_hint(args)}\n")
+        parser.exit(1, f"{parser.prog}: error: {error}; {_resume_hint(out)}\n")
     except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; {_resume_hint(args)}\n")
+        parser.exit(130, f"{parser.prog}: interrupted; {_resume_hint(out)}\n")
     return 0
 
 
-def _resume_hint(args):
+def _resume_hint(out):
     """What the user can do after a run stopped half-way: the command that resumes it, if anything was saved."""
-    out = args.out if args.resume else getattr(args, "resolved_out", None)
     if out is None or not (Path(out) / rundir.CONFIG_FILE).is_file():
         return "nothing of this run was saved"
     return f"the finished epochs are kept; resume with: python retrieval.py --resume --out {shlex.quote(str(out))}"

@@ -148,9 +148,9 @@ def test_sigkill_mid_training_then_resume_ends_with_the_same_outputs(tiny_tree, 
 
 
 @pytest.mark.slow
-def test_a_half_written_checkpoint_is_never_loaded(capsys, tiny_tree, tmp_path):
+def test_a_half_written_checkpoint_is_never_loaded(capsys, monkeypatch, tiny_tree, tmp_path):
     out = tmp_path / "run"
-    _interrupt_after(capsys, tiny_tree, out, epochs=2)
+    _interrupt_after(capsys, monkeypatch, tiny_tree, out, epochs=2)
     backup = out / rundir.BACKUP_DIR
     (epoch, complete), = train.checkpoints(backup)
     assert epoch == 2
@@ -161,7 +161,7 @@ def test_a_half_written_checkpoint_is_never_loaded(capsys, tiny_tree, tmp_path):
     assert "resuming from epoch 2 of 4" in capsys.readouterr().out
 
 
-def _interrupt_after(capsys, tiny_tree, out, epochs):
+def _interrupt_after(capsys, monkeypatch, tiny_tree, out, epochs):
     """Runs `retrieval.main` and presses Ctrl-C at the end of epoch `epochs` (after its checkpoint)."""
     fit = train.fit_resumable
 
@@ -173,11 +173,9 @@ def _interrupt_after(capsys, tiny_tree, out, epochs):
 
         return fit(model, *args, callbacks=[*callbacks, Interrupt()], **kwargs)
 
-    train.fit_resumable = fit_then_interrupt
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "fit_resumable", fit_then_interrupt)
         interrupted(capsys, retrieval.main, [*tiny_argv(tiny_tree, out), "-e", "4"])
-    finally:
-        train.fit_resumable = fit
 
 
 # --- a full disk -----------------------------------------------------------------------------
