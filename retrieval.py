@@ -260,6 +260,8 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         fit_data, steps_per_epoch = {"x": inputs}, len(inputs)
     else:
         fit_data, steps_per_epoch = placement.fit_data(x, targets, config["batch_size"], config["seed"])
+    total_steps = max(1, config["epochs"] * steps_per_epoch)
+    weight_callbacks = [train.Lookahead(steps_per_epoch, total_steps)] if config.get("weight_averaging") else []
     with placement.scope():
         try:
             encoder = models.build_encoder(
@@ -274,8 +276,7 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         model.compile(
             optimizer=train.make_optimizer(
                 config["optimizer"], config["lr"], config["schedule"], backbone_lr_scale=config.get("backbone_lr_scale"),
-                total_steps=max(1, config["epochs"] * steps_per_epoch), weight_decay=config.get("weight_decay"),
-                norm_bias_lr_scale=config.get("norm_bias_lr_scale"), weight_averaging=config.get("weight_averaging", False),
+                total_steps=total_steps, weight_decay=config.get("weight_decay"), norm_bias_lr_scale=config.get("norm_bias_lr_scale"),
             ),
             loss=method.loss(),
             loss_weights=[config.get("loss_scale") or 1.0],
@@ -289,7 +290,8 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         if start_epoch and verbose:
             print(f"resuming from epoch {start_epoch} of {config['epochs']}")
         started = time.perf_counter()
-        train.fit_resumable(model, **fit_data, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks)
+        train.fit_resumable(model, **fit_data, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks,
+                            weight_callbacks=weight_callbacks)
         seconds = time.perf_counter() - started
     models.unsynchronize_batch_norm(model)
     with rundir.atomic_path(model_path) as temporary:

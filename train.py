@@ -38,10 +38,15 @@ WARMUP_FRACTION = 0.05
 # TRIANGLE_PEAK_FRACTION of the steps, then straight down to zero at the last step.
 TRIANGLE_START = 0.2
 TRIANGLE_PEAK_FRACTION = 0.23
-# Weight averaging (--weight-averaging): Keras's exponential moving average of the weights,
-# whose values replace the weights at the end of training; this momentum averages over
-# roughly the last 1 / (1 - momentum) steps.
-EMA_MOMENTUM = 0.98
+# Weight averaging (--weight-averaging), the speed-runs' lookahead: from epoch
+# LOOKAHEAD_START_EPOCH (counting from 0) on, every LOOKAHEAD_EVERY steps the weights are
+# folded into a running average and training goes on from that average; its decay grows
+# with the share of training done, LOOKAHEAD_DECAY ** LOOKAHEAD_EVERY * done ** LOOKAHEAD_POWER,
+# so early steps move fast and the last ones are averaged strongly (airbench's values).
+LOOKAHEAD_START_EPOCH = 3
+LOOKAHEAD_EVERY = 5
+LOOKAHEAD_DECAY = 0.95
+LOOKAHEAD_POWER = 3
 # A checkpoint per finished epoch in the backup folder (only the newest is kept); its name
 # carries the epoch, so weights and epoch count are always one file, written atomically.
 CHECKPOINT_NAME = "epoch-{epoch:04d}.weights.h5"
@@ -53,7 +58,7 @@ CHECKPOINT_METADATA_BYTES = 2**20
 
 
 def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None, weight_decay=None,
-                   norm_bias_lr_scale=None, weight_averaging=False):
+                   norm_bias_lr_scale=None):
     """Builds an optimiser by name with the original tool's settings.
 
     Args:
@@ -73,8 +78,6 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         norm_bias_lr_scale: a factor on the learning rate of batch norm biases
             (`models.is_norm_bias`), as the speed-runs train them faster; the
             optimiser is then a `RateScaleMixin` variant. Defaults to `None` (1).
-        weight_averaging: keep an exponential moving average of the weights
-            (`EMA_MOMENTUM`), which replaces them when `fit` ends. Defaults to `False`.
 
     Returns:
         A `keras.optimizers.Optimizer`.
@@ -93,8 +96,6 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         settings["learning_rate"] = _warmup_cosine(settings["learning_rate"], total_steps)
     if schedule == "triangular":
         settings["learning_rate"] = Triangular(settings["learning_rate"], _checked_steps(total_steps, schedule))
-    if weight_averaging:
-        settings.update(use_ema=True, ema_momentum=EMA_MOMENTUM)
     if backbone_lr_scale is not None or norm_bias_lr_scale is not None:
         optimizer_class = RATE_SCALE_OPTIMIZERS[name]
         settings.update(backbone_lr_scale=1.0 if backbone_lr_scale is None else backbone_lr_scale,
@@ -275,6 +276,67 @@ def restore_checkpoint(model, backup_dir):
     return epoch
 
 
+class Lookahead(keras.callbacks.Callback):
+    """Weight averaging as the speed-runs do it: training continues from a running average of the weights.
+
+    From epoch `LOOKAHEAD_START_EPOCH` on, every `LOOKAHEAD_EVERY` steps each
+    floating-point weight (batch norm statistics included) moves into its
+    running average, `average += (1 - decay) * (weight - average)`, and is then
+    set to that average; `decay` grows from near 0 to `LOOKAHEAD_DECAY **
+    LOOKAHEAD_EVERY` as training nears `total_steps`. Each epoch ends with the
+    weights set to the average, so a checkpoint taken then holds it, and a
+    resumed run starts its average from those weights. `fit_resumable` runs it
+    before the checkpoint (`weight_callbacks`).
+
+    Args:
+        steps_per_epoch: training steps in one epoch.
+        total_steps: training steps in the whole run.
+
+    Example:
+
+    >>> lookahead = Lookahead(steps_per_epoch=100, total_steps=1000)
+    >>> round(lookahead.decay(step=1000), 4), round(lookahead.decay(step=500), 4)
+    (0.7738, 0.0967)
+    """
+
+    def __init__(self, steps_per_epoch, total_steps):
+        super().__init__()
+        if not (steps_per_epoch >= 1 and total_steps >= 1):
+            raise ValueError(f"Lookahead needs at least one step. Received: steps_per_epoch={steps_per_epoch}, total_steps={total_steps}")
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.total_steps = int(total_steps)
+        self.epoch = 0
+        self.average = None
+
+    def decay(self, step):
+        """The share of the running average kept at `step` (counting from 1)."""
+        return LOOKAHEAD_DECAY**LOOKAHEAD_EVERY * (step / self.total_steps) ** LOOKAHEAD_POWER
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.epoch * self.steps_per_epoch + batch + 1
+        if self.epoch < LOOKAHEAD_START_EPOCH or step % LOOKAHEAD_EVERY:
+            return
+        weights = self._averaged_weights()
+        if self.average is None:
+            self.average = [ops.copy(weight.value) for weight in weights]
+            return
+        keep = self.decay(step)
+        for index, weight in enumerate(weights):
+            self.average[index] = self.average[index] + (1.0 - keep) * (weight.value - self.average[index])
+            weight.assign(self.average[index])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.average is not None:
+            for weight, average in zip(self._averaged_weights(), self.average):
+                weight.assign(average)
+
+    def _averaged_weights(self):
+        return [weight for weight in self.model.weights if "float" in str(weight.dtype)]
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the weights and the optimiser's state after every epoch, atomically, keeping only the newest.
 
@@ -306,7 +368,7 @@ def checkpoint_bytes(model):
     return int(raw * CHECKPOINT_OVERHEAD) + CHECKPOINT_METADATA_BYTES
 
 
-def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verbose=1, callbacks=()):
+def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verbose=1, callbacks=(), weight_callbacks=()):
     """Runs `model.fit`, saving state every epoch and resuming from `backup_dir` if it holds any.
 
     The newest complete checkpoint in `backup_dir` is loaded first and `fit` starts at the
@@ -328,6 +390,8 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
         backup_dir: the folder of the checkpoints (`EpochCheckpoint`).
         verbose: 0 silent, 1 a progress bar per epoch. Defaults to 1.
         callbacks: further Keras callbacks, run after the checkpoint. Defaults to `()`.
+        weight_callbacks: callbacks that change the weights at an epoch's end
+            (`Lookahead`), run before the checkpoint saves them. Defaults to `()`.
 
     Returns:
         The `History` of this call (epochs run now only).
@@ -348,5 +412,5 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
         batch_size=batch_size,
         shuffle=not own_batches,  # a PyDataset's batch order is its own (seeded) choice
         verbose=verbose,
-        callbacks=[EpochCheckpoint(backup_dir), *own_callbacks, *callbacks],
+        callbacks=[*weight_callbacks, EpochCheckpoint(backup_dir), *own_callbacks, *callbacks],
     )

@@ -76,13 +76,64 @@ def test_batch_norm_biases_take_scaled_steps_and_the_rest_plain_ones():
     assert steps["dense/bias"] == pytest.approx(plain, rel=1e-5)
 
 
-def test_weight_averaging_replaces_the_weights_by_their_average_when_fit_ends():
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer=train.make_optimizer("sgd", 0.1, weight_averaging=True), loss="mse")
-    x = np.random.default_rng(0).random((64, 2), dtype="float32")
-    model.fit(x, x.sum(axis=1, keepdims=True), epochs=2, batch_size=8, verbose=0)
-    average = [keras.ops.convert_to_numpy(variable) for variable in model.optimizer._model_variables_moving_average]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.layers[0].kernel), average[0], rtol=1e-6)
+def _dense_model():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros")])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def _set(model, value):
+    for weight in model.weights:
+        weight.assign(np.full(weight.shape, value, "float32"))
+
+
+def _values(model):
+    return [float(keras.ops.convert_to_numpy(weight).ravel()[0]) for weight in model.weights]
+
+
+def test_lookahead_folds_the_weights_into_their_average_every_few_steps_from_its_start_epoch():
+    model = _dense_model()
+    steps_per_epoch = train.LOOKAHEAD_EVERY
+    lookahead = train.Lookahead(steps_per_epoch=steps_per_epoch, total_steps=100)
+    lookahead.set_model(model)
+    lookahead.on_epoch_begin(train.LOOKAHEAD_START_EPOCH - 1)
+    _set(model, 1.0)
+    lookahead.on_train_batch_end(steps_per_epoch - 1)
+    assert lookahead.average is None  # too early: the weights move freely
+    lookahead.on_epoch_begin(train.LOOKAHEAD_START_EPOCH)
+    lookahead.on_train_batch_end(steps_per_epoch - 1)  # starts the average at the weights
+    _set(model, 3.0)
+    lookahead.on_train_batch_end(0)  # not a multiple of LOOKAHEAD_EVERY steps: untouched
+    assert _values(model) == [3.0, 3.0]
+    lookahead.on_epoch_begin(train.LOOKAHEAD_START_EPOCH + 1)
+    lookahead.on_train_batch_end(steps_per_epoch - 1)
+    step = (train.LOOKAHEAD_START_EPOCH + 2) * steps_per_epoch
+    expected = 1.0 + (1.0 - lookahead.decay(step)) * (3.0 - 1.0)
+    assert _values(model) == pytest.approx([expected, expected])
+    _set(model, 5.0)
+    lookahead.on_epoch_end(train.LOOKAHEAD_START_EPOCH + 1)  # each epoch ends on the average
+    assert _values(model) == pytest.approx([expected, expected])
+
+
+def test_lookahead_decay_grows_to_its_base_at_the_last_step():
+    lookahead = train.Lookahead(steps_per_epoch=10, total_steps=100)
+    decays = [lookahead.decay(step) for step in (10, 50, 100)]
+    assert decays == sorted(decays) and decays[-1] == pytest.approx(train.LOOKAHEAD_DECAY**train.LOOKAHEAD_EVERY)
+
+
+def test_the_checkpoint_holds_the_averaged_weights(tmp_path):
+    model = _dense_model()
+    # 12 steps an epoch: the last steps of the last epoch train past the last averaging.
+    x = np.random.default_rng(0).random((48, 2), dtype="float32")
+    epochs, batch = train.LOOKAHEAD_START_EPOCH + 1, 4
+    lookahead = train.Lookahead(steps_per_epoch=len(x) // batch, total_steps=epochs * len(x) // batch)
+    train.fit_resumable(model, x, x.sum(axis=1, keepdims=True), epochs=epochs, batch_size=batch, backup_dir=tmp_path, verbose=0,
+                        weight_callbacks=[lookahead])
+    averaged = [keras.ops.convert_to_numpy(average) for average in lookahead.average]
+    np.testing.assert_allclose([keras.ops.convert_to_numpy(weight) for weight in model.weights][0], averaged[0])
+    saved = _dense_model()
+    saved.load_weights(train.checkpoints(tmp_path)[-1][1])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(saved.weights[0]), averaged[0])
 
 
 def test_weight_decay_reaches_the_optimizer():
