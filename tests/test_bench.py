@@ -68,14 +68,14 @@ def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_p
 
 
 @pytest.mark.slow
-def test_ablate_recipe_tabulates_each_trick_removed_and_resumes(tiny_tree, tmp_path, capsys, monkeypatch):
+def test_ablate_recipe_tabulates_each_trick_changed_and_resumes(tiny_tree, tmp_path, capsys, monkeypatch):
     ablate_recipe = load_bench("ablate_recipe")
     monkeypatch.setattr(ablate_recipe, "ABLATIONS", {"label smoothing": ["--label-smoothing", "0"]})
     argv = ["--data-dir", str(tiny_tree), "--out-dir", str(tmp_path), "--val-size", "20", "--", "-e", "1", "--width", "4", "--batch-size", "20"]
     assert ablate_recipe.main(argv) == 0
     table = capsys.readouterr().out.splitlines()
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table if line.startswith("| ") and "---" not in line}
-    assert set(rows) == {"removed", ablate_recipe.BASELINE, "label smoothing", ablate_recipe.TTA}
+    assert set(rows) == {"variant", ablate_recipe.BASELINE, "label smoothing", ablate_recipe.TTA}
     full = float(rows[ablate_recipe.BASELINE][0])
     assert float(rows["label smoothing"][1]) == pytest.approx(float(rows["label smoothing"][0]) - full, abs=2e-4)  # each figure rounded
     reports = (tmp_path / "reports.jsonl").read_text().splitlines()

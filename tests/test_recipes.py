@@ -40,10 +40,23 @@ def test_a_recipe_fills_only_unset_settings():
     assert config["recipe"] == "speedrun"
 
 
-def test_the_speedrun_recipe_narrows_the_network_for_small_training_sets():
+def test_the_speedrun_recipe_takes_small_batches_for_more_epochs_on_small_training_sets():
     small = recipes.fill(resolved(), "speedrun", colour=True, train_size=5000)
     assert {key: small[key] for key in recipes.SMALL_DATA} == recipes.SMALL_DATA
     assert recipes.fill(resolved("--width", "16"), "speedrun", colour=True, train_size=5000)["width"] == 16
+    assert recipes.fill(resolved("-e", "3"), "speedrun", colour=True, train_size=5000)["epochs"] == 3
+
+
+@pytest.mark.parametrize("epochs, train_size, augment", [
+    ("5", 5000, recipes.SHORT_TRAINING_AUGMENT),  # the classroom run: 25,000 images seen
+    ("30", 5000, "light-crop-flip"),
+    ("1", 50_000, recipes.SHORT_TRAINING_AUGMENT),
+    ("2", 50_000, "light-crop-flip"),
+])
+def test_a_short_training_mirrors_without_shifting(epochs, train_size, augment):
+    assert recipes.fill(resolved("-e", epochs), "speedrun", colour=True, train_size=train_size)["augment"] == augment
+    assert recipes.fill(resolved("-e", epochs, "--augment", "crop-flip"), "speedrun", colour=True, train_size=train_size)["augment"] == "crop-flip"
+    assert recipes.fill(resolved("-e", epochs), "classic", colour=True, train_size=train_size)["augment"] is None  # the arch's own
 
 
 def test_each_method_takes_its_own_loss_scale_from_the_recipe():
