@@ -98,9 +98,9 @@ def run(label, command, timeout, capture=False):
     try:
         return subprocess.run(command, check=True, timeout=timeout, stdout=subprocess.PIPE if capture else None, text=True).stdout
     except subprocess.CalledProcessError as error:
-        sys.exit(f"ablate_recipe.py: the run "{label}" failed with exit status {error.returncode} (its output is above)")
+        sys.exit(f"ablate_recipe.py: the run '{label}' failed with exit status {error.returncode} (its output is above)")
     except subprocess.TimeoutExpired:
-        sys.exit(f"ablate_recipe.py: the run "{label}" took longer than --timeout and was stopped")
+        sys.exit(f"ablate_recipe.py: the run '{label}' took longer than --timeout and was stopped")
 
 
 def read_reports(path):

@@ -95,3 +95,16 @@ def test_ablate_recipe_tabulates_each_trick_changed_and_resumes(tiny_tree, tmp_p
 )
 def test_ablate_recipe_refuses_bad_flags_with_exit_2(capsys, argv, message):
     fails_with(capsys, argv, message, main=load_bench("ablate_recipe").main)
+
+
+@pytest.mark.slow
+def test_step_bench_times_the_recipes_training_step(capsys):
+    step_bench = load_bench("step_bench")
+    assert step_bench.main(["--width", "4", "--batch-size", "8", "--batches", "2", "--jit-compile", "off"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["jit_compile"] is False and (report["width"], report["batch_size"], report["batches"]) == (4, 8, 2)
+    assert report["images_per_second"] == pytest.approx(16 / report["seconds"], rel=0.01)
+
+
+def test_step_bench_refuses_an_empty_batch_with_exit_2(capsys):
+    fails_with(capsys, ["--batch-size", "0"], "--batch-size must be at least 1, got 0", main=load_bench("step_bench").main)

@@ -1,0 +1,82 @@
+"""Training throughput of the speed-run network alone: images per second on random images, XLA on or off.
+
+    python bench/step_bench.py                  # the default recipe's model, batch and step
+    python bench/step_bench.py --jit-compile on --width 48 --batch-size 500
+
+builds the `speedrun` network with the `dlbhc` head and the recipe's optimiser,
+weight decay and augmentation (as `retrieval.py` compiles it), fits it on
+`WARMUP_BATCHES` batches of random pixels to trace and compile, then times
+`--batches` further batches. No data is read and nothing is scored: it isolates
+the step's cost from the input pipeline and the host's data, so two settings
+(XLA on or off, a width, a batch size) compare on equal terms. `--jit-compile
+auto` is what `retrieval.py` gets: Keras turns XLA off for TensorFlow on a
+machine without a GPU. Prints one JSON line.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import options  # noqa: E402  (after the path: the bench runs from anywhere)
+import recipes  # noqa: E402
+
+WARMUP_BATCHES = 2
+JIT_CHOICES = {"auto": "auto", "on": True, "off": False}
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+
+
+def main(argv=None):
+    speedrun = recipes.RECIPES[recipes.SPEEDRUN]
+    parser = options.ArgumentParser(prog="step_bench.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=speedrun["width"], help="channels of the first block (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=speedrun["batch_size"], help="images per step (default: %(default)s)")
+    parser.add_argument("--batches", type=int, default=4, help="batches timed, after the warm-up (default: %(default)s)")
+    parser.add_argument("--bits", type=int, default=48, help="code length (default: %(default)s)")
+    parser.add_argument("--jit-compile", choices=tuple(JIT_CHOICES), default="auto", help="XLA compilation of the step (default: %(default)s, Keras's choice)")
+    args = parser.parse_args(argv)
+    for flag, value in (("--width", args.width), ("--batch-size", args.batch_size), ("--batches", args.batches), ("--bits", args.bits)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    print(json.dumps(measure(args.width, args.batch_size, args.batches, args.bits, JIT_CHOICES[args.jit_compile])))
+    return 0
+
+
+def measure(width, batch_size, batches, bits, jit_compile):
+    """Builds and compiles the recipe's model, warms it up, and times `batches` training steps."""
+    import keras
+
+    import methods
+    import models
+    import train
+
+    speedrun = recipes.RECIPES[recipes.SPEEDRUN]
+    keras.utils.set_random_seed(0)
+    encoder = models.build_encoder("speedrun", IMAGE_SHAPE, bits, augment=speedrun["augment"], width=width)
+    method = methods.make_method("dlbhc", NUM_CLASSES, bits, None, label_smoothing=speedrun["label_smoothing"])
+    model = method.training_model(encoder)
+    total_steps = WARMUP_BATCHES + batches
+    optimizer = train.make_optimizer(speedrun["optimizer"], speedrun["lr"], speedrun["schedule"], total_steps=total_steps,
+                                     weight_decay=speedrun["weight_decay"], norm_bias_lr_scale=speedrun["norm_bias_lr_scale"])
+    model.compile(optimizer=optimizer, loss=method.loss(), jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (total_steps * batch_size, *IMAGE_SHAPE), dtype=np.uint8)
+    targets = method.targets(rng.integers(0, NUM_CLASSES, len(images)))
+    models.adapt_to_images(model, images)
+    warmup = WARMUP_BATCHES * batch_size
+    model.fit(images[:warmup], targets[:warmup], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    started = time.perf_counter()
+    model.fit(images[warmup:], targets[warmup:], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    seconds = time.perf_counter() - started
+    return {
+        "device": train.device_description(), "jit_compile": bool(model.jit_compile), "width": width, "batch_size": batch_size,
+        "batches": batches, "seconds": round(seconds, 3), "images_per_second": round(batches * batch_size / seconds, 1),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
