@@ -1,5 +1,6 @@
-"""Seeded batches for `fit`: P classes x K images each (`ClassBalancedBatches`), and one
-process's share of data-parallel global batches (`ShardedBatches`, see devices.py).
+"""Seeded batches for `fit`: P classes x K images each (`ClassBalancedBatches`), one
+process's share of data-parallel global batches (`ShardedBatches`, see devices.py), and
+shuffled array batches for TensorFlow without its autotuning stalls (`tensorflow_batches`).
 
 A triplet loss learns nothing from a batch in which no two images share a class
 (no positive) or all do (no negative). `ClassBalancedBatches` feeds `model.fit`
@@ -31,6 +32,9 @@ Example:
 
 import keras
 import numpy as np
+
+# Batches `tensorflow_batches` prepares ahead of the training step.
+PREFETCH_BATCHES = 2
 
 
 def primary_labels(labels):
@@ -207,3 +211,35 @@ class _SetEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches.set_epoch(epoch)
+
+
+def tensorflow_batches(x, y, batch_size, seed):
+    """Shuffled batches of arrays for TensorFlow's `fit`, as a `tf.data.Dataset` with autotuning off.
+
+    Given plain arrays, Keras's TensorFlow trainer builds a `tf.data` pipeline
+    whose prefetching is autotuned, and makes a new iterator each epoch. When
+    the old one is destroyed, TensorFlow 2.21 waits for the autotuner's
+    background thread to wake from its sleep, which grows towards a minute as
+    epochs lengthen: on the 2-core CPU a full CIFAR-10 run stood idle about 50 s
+    in many epochs (the process's threads all waiting on that destructor). With
+    autotuning off and a fixed prefetch there is no such thread. Each epoch is
+    one pass over the data in a new seeded order, the last batch possibly
+    smaller, as `fit` gives arrays.
+
+    Args:
+        x: training inputs `[n, ...]`.
+        y: training targets `[n, ...]`.
+        batch_size: examples per batch.
+        seed: seed of the shuffling (each epoch is reshuffled from it).
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, targets)` batches.
+    """
+    import tensorflow as tf
+
+    inputs, targets = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    dataset = order.batch(batch_size).map(lambda index: (tf.gather(inputs, index), tf.gather(targets, index)))
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)

@@ -207,7 +207,10 @@ class Placement:
 
             on_device = batches.ShardedBatches(jax.device_put(x), jax.device_put(y), batch_size, replicas=1, seed=seed)
             return {"x": on_device}, len(on_device)
-        return {"x": x, "y": y, "batch_size": batch_size}, -(-len(x) // batch_size)
+        steps = -(-len(x) // batch_size)
+        if self.backend == "tensorflow":
+            return {"x": batches.tensorflow_batches(x, y, batch_size, seed)}, steps
+        return {"x": x, "y": y, "batch_size": batch_size}, steps
 
     def holds_data_on_device(self, nbytes):
         """Whether training data of `nbytes` lives on the device for the run: JAX, one GPU, small enough."""

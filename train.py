@@ -378,10 +378,11 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
 
     Args:
         model: a compiled, built `keras.Model`.
-        x: training inputs, shuffled into batches of `batch_size`; or a
-            `keras.utils.PyDataset` that yields its own `(inputs, targets)`
-            batches in its own order (e.g. `batches.ClassBalancedBatches` for
-            methods with `batch_classes`), with `y` and `batch_size` left `None`;
+        x: training inputs (an array), shuffled into batches of `batch_size`; or a
+            `keras.utils.PyDataset` or `tf.data.Dataset` that yields its own
+            `(inputs, targets)` batches in its own order (e.g.
+            `batches.ClassBalancedBatches` for methods with `batch_classes`,
+            `batches.tensorflow_batches`), with `y` and `batch_size` left `None`;
             if it has `epoch_callback()`, that callback is added (so it knows
             which epoch, resumed ones included, it serves).
         y: training targets. Defaults to `None` (for a `PyDataset`).
@@ -396,10 +397,10 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
     Returns:
         The `History` of this call (epochs run now only).
     """
-    own_batches = isinstance(x, keras.utils.PyDataset)
+    own_batches = not isinstance(x, np.ndarray)
     if own_batches and (y is not None or batch_size is not None):
         raise ValueError(
-            "With a `PyDataset` as `x`, `y` and `batch_size` must be `None`: it yields its own batches. "
+            "With a `PyDataset` or `tf.data.Dataset` as `x`, `y` and `batch_size` must be `None`: it yields its own batches. "
             f"Received: y={'None' if y is None else 'an array'}, batch_size={batch_size}"
         )
     start_epoch = restore_checkpoint(model, backup_dir)
@@ -410,7 +411,7 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
         epochs=epochs,
         initial_epoch=start_epoch,
         batch_size=batch_size,
-        shuffle=not own_batches,  # a PyDataset's batch order is its own (seeded) choice
+        shuffle=not own_batches,  # a data set's batch order is its own (seeded) choice
         verbose=verbose,
         callbacks=[*weight_callbacks, EpochCheckpoint(backup_dir), *own_callbacks, *callbacks],
     )

@@ -1,5 +1,6 @@
-"""Tests for batches.py: seeded batches of P classes x K images."""
+"""Tests for batches.py: seeded batches of P classes x K images, and the TensorFlow array pipeline."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -56,3 +57,22 @@ def test_class_balanced_batches_check_their_sizes():
     with pytest.raises(ValueError, match="2 multi-hot rows without any label"):
         batches.primary_labels(np.array([[1, 0], [0, 0], [0, 0]]))
     np.testing.assert_array_equal(batches.primary_labels(np.array([[0, 1, 1], [1, 0, 1]])), [1, 0])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tensorflow_batches is the TensorFlow backend's pipeline")
+def test_tensorflow_batches_pass_over_every_item_once_an_epoch_in_a_new_seeded_order():
+    x = np.arange(25, dtype="float32")[:, None] * np.ones((1, 3), "float32")
+    y = np.arange(25)
+    dataset = batches.tensorflow_batches(x, y, batch_size=10, seed=4)
+    assert dataset.options().autotune.enabled is False
+
+    def epoch(data):
+        parts = [(np.asarray(inputs), np.asarray(targets)) for inputs, targets in data]
+        assert [len(targets) for _, targets in parts] == [10, 10, 5]
+        inputs, targets = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        np.testing.assert_array_equal(inputs[:, 0], targets)  # rows stay with their targets
+        return targets.tolist()
+
+    first, second = epoch(dataset), epoch(dataset)
+    assert sorted(first) == sorted(second) == list(range(25)) and first != second
+    assert epoch(batches.tensorflow_batches(x, y, batch_size=10, seed=4)) == first
