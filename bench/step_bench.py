@@ -35,7 +35,7 @@ def main(argv=None):
     parser = options.ArgumentParser(prog="step_bench.py", description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=speedrun["width"], help="channels of the first block (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=speedrun["batch_size"], help="images per step (default: %(default)s)")
-    parser.add_argument("--batches", type=int, default=4, help="batches timed, after the warm-up (default: %(default)s)")
+    parser.add_argument("--batches", type=int, default=10, help="batches timed, after the warm-up (default: %(default)s)")
     parser.add_argument("--bits", type=int, default=48, help="code length (default: %(default)s)")
     parser.add_argument("--jit-compile", choices=tuple(JIT_CHOICES), default="auto", help="XLA compilation of the step (default: %(default)s, Keras's choice)")
     args = parser.parse_args(argv)

@@ -116,6 +116,7 @@ def input_pipeline_seconds(x, y, batch_size, seed):
     """Seconds for one epoch of batches made as this run's `fit` gets them, and copied to the device, alone.
 
     Arrays: Keras gathers each shuffled batch on the host and copies it over;
+    on TensorFlow, the run's `tf.data` pipeline (`batches.tensorflow_batches`);
     data held on a JAX GPU (`devices.Placement.fit_data`): each batch is a
     gather on the device.
     """
@@ -128,9 +129,11 @@ def input_pipeline_seconds(x, y, batch_size, seed):
         order = np.random.default_rng(seed).permutation(len(x))
         rows = (order[start : start + batch_size] for start in range(0, len(x), batch_size))
         batches = ((x[indices], y[indices]) for indices in rows)
-    else:
+    elif hasattr(fit_data["x"], "__getitem__"):  # a PyDataset
         dataset = fit_data["x"]
         batches = (dataset[index] for index in range(len(dataset)))
+    else:  # TensorFlow's tf.data pipeline (batches.tensorflow_batches)
+        batches = iter(fit_data["x"])
     started = time.perf_counter()
     for batch in batches:
         for part in batch:
