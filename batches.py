@@ -237,7 +237,8 @@ def tensorflow_batches(x, y, batch_size, seed):
     """
     import tensorflow as tf
 
-    inputs, targets = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    with tf.device("CPU:0"):  # tf.data runs on the host: keep the arrays there, also on a GPU machine
+        inputs, targets = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
     order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     dataset = order.batch(batch_size).map(lambda index: (tf.gather(inputs, index), tf.gather(targets, index)))
     options = tf.data.Options()

@@ -36,7 +36,6 @@ class ArgumentParser(argparse.ArgumentParser):
 DEFAULTS = {"arch": "speedrun", "recipe": recipes.AUTO, "seed": 0, "dataset": "cifar10"}
 
 
-
 class UsageError(Exception):
     """A problem with what the user asked for; printed as one line, exit status 2."""
 

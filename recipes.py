@@ -103,7 +103,6 @@ METHOD_SETTINGS = {
 }
 
 
-
 def choose(name, arch):
     """The recipe `name` stands for: `auto` is the arch's own (`ARCH_RECIPES`, else `classic`)."""
     if name not in NAMES:
@@ -147,6 +146,8 @@ def fill(config, recipe, colour, train_size):
     settings = dict(RECIPES[recipe])
     if recipe == SPEEDRUN and train_size < SMALL_DATA_IMAGES:
         settings.update(SMALL_DATA)
+    if recipe == SPEEDRUN and (config.get("epochs") or settings["epochs"]) * train_size < SHORT_TRAINING_IMAGES:
+        settings["augment"] = SHORT_TRAINING_AUGMENT
     settings.update(METHOD_SETTINGS.get(recipe, {}).get(config["method"], {}))
     if config["arch"] not in vocabulary.WIDTH_ARCHS:
         settings["width"] = None
@@ -155,6 +156,4 @@ def fill(config, recipe, colour, train_size):
     if not colour:
         settings["tta"] = False
     filled = {key: value if config.get(key) is None else config[key] for key, value in settings.items()}
-    if recipe == SPEEDRUN and config.get("augment") is None and filled["epochs"] * train_size < SHORT_TRAINING_IMAGES:
-        filled["augment"] = SHORT_TRAINING_AUGMENT
     return {**config, **filled, "recipe": recipe}
