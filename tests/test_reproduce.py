@@ -39,3 +39,11 @@ def test_a_tiny_cell_runs_and_is_not_run_twice(tmp_path, tiny_tree, monkeypatch)
     assert "| dlbhc | 12 |" in (tmp_path / "grid" / reproduce.RESULTS_FILE).read_text()
     assert reproduce.main(argv) == 0
     assert (run / "metrics.json").read_text() == first
+
+
+def test_published_rows_follow_the_protocol_and_the_dataset(tmp_path):
+    reproduce.main(["--methods", "dbr", "--bits", "12", "--protocol", "dbr", "--dataset", "mnist", "--out", str(tmp_path), "--table-only"])
+    table = (tmp_path / reproduce.RESULTS_FILE).read_text()
+    assert "12: 0.9800, 24: 0.9840, 32: 0.9840, 48: 0.9900" in table  # DeepBinaryRepre's MNIST row
+    assert "0.6120" not in table  # its CIFAR-10 row stays out of an MNIST table
+    assert "DLBHC" not in table
