@@ -326,7 +326,7 @@ def select_split(config, dataset):
     labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
     split = make_split(config["protocol"], labels, seed)
     if config["val_size"] is not None:
-        split = _validation_split(split, dataset.y_train, config["val_size"], seed)
+        split = _validation_split(split, labels, config["val_size"], seed)
     if config["train_size"] is not None:
         split = _smaller_training_set(split, dataset, config["train_size"], seed)
     if config["queries"] is not None:
@@ -339,11 +339,15 @@ def select_split(config, dataset):
     return split
 
 
-def _validation_split(split, train_labels, val_size, seed):
-    """Queries held out of the training items; the database and training set are the rest of them."""
+def _validation_split(split, labels, val_size, seed):
+    """Queries held out of the training items; the database and training set are the rest of them.
+
+    `labels` holds one label array per source: a protocol that pools the
+    splits (`dhn`) trains on test-split images too.
+    """
     if val_size >= len(split.train):
         raise ProtocolError(f"--val-size must be below the {len(split.train)} training images, got {val_size}")
-    rest, held_out = holdout_split(split.train.gather([train_labels, None, None]), val_size, seed)
+    rest, held_out = holdout_split(split.train.gather(labels), val_size, seed)
     remaining = split.train.subset(rest)
     return Split(split.protocol, train=remaining, database=remaining, queries=split.train.subset(held_out), top=split.top)
 

@@ -1,5 +1,7 @@
 """Protocols: split sizes, disjointness and determinism on CIFAR-10-shaped labels; the seeded draws."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -168,3 +170,16 @@ def test_balanced_subset_of_multi_hot_labels_is_uniform():
     assert len(train_idx) == 3 and len(val_idx) == 2
     with pytest.raises(ValueError, match="labels must be a non-empty 1-D integer array or a 0/1 multi-hot matrix"):
         protocols.balanced_subset(labels * 2, 3, seed=0)
+
+
+def test_validation_split_of_a_pooled_protocol_holds_out_training_items():
+    """`--val-size` under `dhn`, whose training items come from both splits, draws its queries from them."""
+    dataset = types.SimpleNamespace(y_train=CIFAR_TRAIN, y_test=CIFAR_TEST)
+    config = {"protocol": "dhn", "seed": 0, "val_size": 1000, "train_size": None, "queries": None}
+    split = protocols.select_split(config, dataset)
+    full = protocols.make_split("dhn", (CIFAR_TRAIN, CIFAR_TEST, None), seed=0)
+    assert (len(split.train), len(split.database), len(split.queries)) == (4000, 4000, 1000)
+    assert set(split.queries.sources) == {0, 1}  # pooled: held-out images from both splits
+    queries, training = set(pool_ids(split.queries)), set(pool_ids(split.train))
+    assert not queries & training and queries | training == set(pool_ids(full.train))
+    assert np.bincount(split.queries.gather([CIFAR_TRAIN, CIFAR_TEST, None])).tolist() == [100] * 10
