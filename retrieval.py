@@ -236,6 +236,35 @@ def method_for(config, num_classes):
         raise UsageError(str(error)) from None
 
 
+def compiled_model(config, method, input_shape, total_steps, jit_compile="auto"):
+    """The run's training model for images of `input_shape`, compiled with its optimiser, loss and metrics.
+
+    `total_steps` sizes the learning-rate schedule; `jit_compile` is Keras's
+    (`"auto"`: XLA wherever Keras uses it). `bench/step_bench.py` times the step this compiles.
+    """
+    import models
+    import train
+
+    encoder = models.build_encoder(
+        config["arch"], input_shape, config["bits"], config.get("extra_layer", False),
+        weights=None if config.get("weights", "none") == "none" else config["weights"],
+        input_size=config.get("backbone_size"), freeze_backbone=config.get("freeze_backbone", False),
+        augment=config.get("augment"), width=config.get("width"),
+    )
+    model = method.training_model(encoder)
+    model.compile(
+        optimizer=train.make_optimizer(
+            config["optimizer"], config["lr"], config["schedule"], backbone_lr_scale=config.get("backbone_lr_scale"),
+            total_steps=total_steps, weight_decay=config.get("weight_decay"), norm_bias_lr_scale=config.get("norm_bias_lr_scale"),
+        ),
+        loss=method.loss(),
+        loss_weights=[config.get("loss_scale") or 1.0],
+        metrics=method.metrics(),
+        jit_compile=jit_compile,
+    )
+    return model
+
+
 def _trained_model(config, method, x, y, out, verbose, callbacks):
     """Trains (or resumes training of) the model; returns it, the epochs trained and the seconds spent now.
 
@@ -264,24 +293,9 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
     weight_callbacks = [train.Lookahead(steps_per_epoch, total_steps)] if config.get("weight_averaging") else []
     with placement.scope():
         try:
-            encoder = models.build_encoder(
-                config["arch"], x.shape[1:], config["bits"], config["extra_layer"],
-                weights=None if config.get("weights", "none") == "none" else config["weights"],
-                input_size=config.get("backbone_size"), freeze_backbone=config.get("freeze_backbone", False),
-                augment=config.get("augment"), width=config.get("width"),
-            )
+            model = compiled_model(config, method, x.shape[1:], total_steps)
         except backbones.WeightsError as error:
             raise UsageError(str(error)) from None
-        model = method.training_model(encoder)
-        model.compile(
-            optimizer=train.make_optimizer(
-                config["optimizer"], config["lr"], config["schedule"], backbone_lr_scale=config.get("backbone_lr_scale"),
-                total_steps=total_steps, weight_decay=config.get("weight_decay"), norm_bias_lr_scale=config.get("norm_bias_lr_scale"),
-            ),
-            loss=method.loss(),
-            loss_weights=[config.get("loss_scale") or 1.0],
-            metrics=method.metrics(),
-        )
         if verbose and train.gpu_count() and not model.jit_compile:
             print("warning: XLA compilation is off (a layer of this model does not support jit_compile): training will be slow")
         start_epoch = train.resumed_epoch(backup_dir)

@@ -28,6 +28,8 @@ WARMUP_BATCHES = 2
 JIT_CHOICES = {"auto": "auto", "on": True, "off": False}
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
+# The training-set size the recipe is filled for: full-scale CIFAR-10, the recipe's own settings.
+CIFAR10_TRAINING_IMAGES = 50_000
 
 
 def main(argv=None):
@@ -47,22 +49,19 @@ def main(argv=None):
 
 
 def measure(width, batch_size, batches, bits, jit_compile):
-    """Builds and compiles the recipe's model, warms it up, and times `batches` training steps."""
+    """Builds and compiles the recipe's model as `retrieval.py` does, warms it up, and times `batches` training steps."""
     import keras
 
-    import methods
     import models
+    import retrieval
     import train
 
-    speedrun = recipes.RECIPES[recipes.SPEEDRUN]
     keras.utils.set_random_seed(0)
-    encoder = models.build_encoder("speedrun", IMAGE_SHAPE, bits, augment=speedrun["augment"], width=width)
-    method = methods.make_method("dlbhc", NUM_CLASSES, bits, None, label_smoothing=speedrun["label_smoothing"])
-    model = method.training_model(encoder)
+    config = {"arch": "speedrun", "method": "dlbhc", "bits": bits, "code_type": None, "width": width, "batch_size": batch_size}
+    config = recipes.fill(config, recipes.SPEEDRUN, colour=True, train_size=CIFAR10_TRAINING_IMAGES)
+    method = retrieval.method_for(config, NUM_CLASSES)
     total_steps = WARMUP_BATCHES + batches
-    optimizer = train.make_optimizer(speedrun["optimizer"], speedrun["lr"], speedrun["schedule"], total_steps=total_steps,
-                                     weight_decay=speedrun["weight_decay"], norm_bias_lr_scale=speedrun["norm_bias_lr_scale"])
-    model.compile(optimizer=optimizer, loss=method.loss(), jit_compile=jit_compile)
+    model = retrieval.compiled_model(config, method, IMAGE_SHAPE, total_steps, jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (total_steps * batch_size, *IMAGE_SHAPE), dtype=np.uint8)
     targets = method.targets(rng.integers(0, NUM_CLASSES, len(images)))
