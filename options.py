@@ -21,6 +21,7 @@ import data
 import devices
 import protocols
 import recipes
+import rundir
 import vocabulary as V
 
 
@@ -90,6 +91,7 @@ def build_parser():
     add("--coordinator", default=None, help="HOST:PORT of process 0, which every process of a multi-process run (jax backend only) connects to (default: one process)")
     add("--num-processes", type=int, default=None, help="processes training together, one per machine or per group of devices, jax backend only; needs --coordinator and --process-id (default: 1)")
     add("--process-id", type=int, default=None, help="this process's rank, 0..--num-processes - 1; only process 0 writes the run folder (default: 0)")
+    add("--model-from", default=None, help="a finished run folder whose trained model this run encodes and evaluates, without training: the data, seed, network, method, bits and training settings are that run's, and the flags here set only the evaluation (--protocol, -q, -t, --val-size, --data-dir, --out); refused unless this protocol trains on the very images that run trained on, as dhn and cifar10-1 do (default: train a model)")
     add("--out", default=None, help="run folder (default: runs/<dataset>-<method>-<bits>b-<timestamp>)")
     add("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     add("--overwrite", action="store_true", help="replace the run in --out")
@@ -107,9 +109,7 @@ def resolve_args(args):
         args.method = recipes.default_method(args.arch)
     if not V.MIN_BITS <= args.bits <= V.MAX_BITS:
         raise UsageError(f"--bits must be between {V.MIN_BITS} and {V.MAX_BITS}, got {args.bits}")
-    for flag, value in (("--queries", args.queries), ("--train-size", args.train_size), ("--val-size", args.val_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}")
+    _check_counts((("--queries", args.queries), ("--train-size", args.train_size), ("--val-size", args.val_size)))
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.lr is not None and not args.lr > 0:
@@ -166,9 +166,53 @@ def resolve_args(args):
         "val_size": args.val_size,
         "protocol": args.protocol or protocols.default_protocol(args.dataset),
         **placement,
-        "out": str(Path(args.out or _default_out(args))),
+        "out": str(Path(args.out or _default_out(args.dataset, args.method, args.bits))),
+        "model_from": None,
     }
     return config
+
+
+# What a run that evaluates another run's model (`--model-from`) may set: the evaluation only.
+EVALUATION_FLAGS = ("queries", "top", "protocol", "val_size", "data_dir", "out", "overwrite", "verbose", "resume", "model_from")
+# Where such a run encodes: one process, on the devices this machine has.
+ONE_PROCESS = {"devices": None, "coordinator": None, "num_processes": 1, "process_id": 0}
+
+
+def resolve_model_from(args):
+    """The config of a run that evaluates `--model-from`'s trained model: its training settings, these evaluation flags.
+
+    Raises:
+        UsageError: a training flag given beside `--model-from` (it would be
+            ignored), or a folder without a finished run in it.
+    """
+    parser = build_parser()
+    given = [action.option_strings[-1] for action in parser._actions
+             if action.dest not in (*EVALUATION_FLAGS, "help") and getattr(args, action.dest) != action.default]
+    if given:
+        raise UsageError(f"--model-from evaluates a model already trained, with that run's settings: drop {given[0]}")
+    trained_dir = Path(args.model_from).expanduser().resolve()
+    missing = [name for name in (rundir.CONFIG_FILE, rundir.MODEL_FILE, rundir.METRICS_FILE) if not (trained_dir / name).is_file()]
+    if missing:
+        raise UsageError(f"--model-from {args.model_from}: no finished run there (it has no {missing[0]})")
+    trained = rundir.read_json(trained_dir / rundir.CONFIG_FILE)
+    _check_counts((("--queries", args.queries), ("--val-size", args.val_size)))
+    if args.protocol is not None:
+        _check_choice("--protocol", args.protocol, protocols.PROTOCOLS)
+    return {
+        **trained,
+        **ONE_PROCESS,
+        "queries": args.queries,
+        "top": _parse_top(args.top),
+        "val_size": args.val_size,
+        "protocol": args.protocol or trained["protocol"],
+        "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else trained["data_dir"],
+        "out": str(Path(args.out or _default_out(trained["dataset"], trained["method"], trained["bits"]))),
+        "model_from": str(trained_dir),
+        # What the evaluation needs of the training: its images (retrieval checks them) and its time.
+        "model_protocol": trained["protocol"],
+        "model_val_size": trained["val_size"],
+        "model_train_seconds": rundir.read_json(trained_dir / rundir.METRICS_FILE)["timings"]["train_seconds"],
+    }
 
 
 def _resolve_devices(args):
@@ -325,6 +369,13 @@ def _resolve_weights(weights):
     return str(path.resolve())
 
 
+def _check_counts(flags_and_values):
+    """Each count given (not `None`) is at least 1."""
+    for flag, value in flags_and_values:
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+
+
 def _check_choice(flag, value, choices):
     if value not in choices:
         raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
@@ -349,6 +400,6 @@ def _resolve_code_type(args):
     return V.CODE_TYPES[args.code_type] if args.code_type else V.DEFAULT_CODE_TYPE
 
 
-def _default_out(args):
+def _default_out(dataset, method, bits):
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{data.dataset_slug(args.dataset)}-{args.method}-{args.bits}b-{stamp}"
+    return Path("runs") / f"{data.dataset_slug(dataset)}-{method}-{bits}b-{stamp}"

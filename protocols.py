@@ -58,6 +58,11 @@ class Items:
     def subset(self, index):
         return Items(self.sources[index], self.positions[index])
 
+    def same_as(self, other):
+        """Whether `other` names the very same items, in any order."""
+        keys = [np.sort(items.sources.astype(np.int64) << 40 | items.positions) for items in (self, other)]
+        return len(keys[0]) == len(keys[1]) and bool(np.array_equal(*keys))
+
     def gather(self, arrays):
         """Rows of `arrays` (one array per source, `None` where absent) for these items, in order."""
         first = next(array for array in arrays if array is not None)

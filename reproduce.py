@@ -7,7 +7,13 @@
 Each cell is one `retrieval.py` run, in its own process (paths relative to the current folder), into
 `<out>/<dataset>-<protocol>-<method>-<bits>b/`; a cell whose run already finished is
 not run again, and an interrupted one is resumed, so the grid can be stopped and
-restarted. `results.md` in `<out>` then lists every cell (measured, or "not measured")
+restarted. `--models-from` evaluates the models of another grid's finished cells instead of
+training (`retrieval.py --model-from`): `cifar10-1` trains on the very images `dhn` does, so
+
+    python reproduce.py --methods dlbhc --bits 48 --protocol cifar10-1 --models-from runs/table-dhn \\
+        --data-dir ../shared/datasets/cifar10-jpeg.tar.gz
+
+only encodes and scores. `results.md` in `<out>` then lists every cell (measured, or "not measured")
 with the command that reproduces it, followed by the seeds' published numbers for the
 same protocol. Published rows whose data cannot be had offline say so.
 """
@@ -49,18 +55,34 @@ def build_parser():
     parser.add_argument("--data-dir", default=None, help="offline dataset copy (default: download)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the recipe's, as retrieval.py's -e)")
     parser.add_argument("--out", default="runs/reproduce", help="folder of the grid's runs and results.md (default: %(default)s)")
+    parser.add_argument("--models-from", default=None, help="a grid folder of finished cells whose trained models this grid evaluates instead of training (retrieval.py --model-from): e.g. the dhn grid's for cifar10-1, which trains on the same images (default: train every cell)")
     parser.add_argument("--table-only", action="store_true", help="write results.md from the runs already there; train nothing")
     parser.add_argument("extra", nargs="*", help="further retrieval.py arguments, after --")
     return parser
 
 
 def cell_command(args, method, bits, out):
-    """The `retrieval.py` command line of one cell."""
-    command = ["retrieval.py", "--dataset", args.dataset, "--protocol", args.protocol, "--method", method,
-               "-l", str(bits), *(["-e", str(args.epochs)] if args.epochs is not None else []), "--out", str(out), *args.extra]
+    """The `retrieval.py` command line of one cell: a training run, or with `--models-from` an evaluation of a trained model."""
+    if args.models_from:
+        command = ["retrieval.py", "--protocol", args.protocol, "--model-from", str(trained_cell(args, method, bits)), "--out", str(out), *args.extra]
+    else:
+        command = ["retrieval.py", "--dataset", args.dataset, "--protocol", args.protocol, "--method", method,
+                   "-l", str(bits), *(["-e", str(args.epochs)] if args.epochs is not None else []), "--out", str(out), *args.extra]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     return command
+
+
+def trained_cell(args, method, bits):
+    """The one finished cell of `method` at `bits` on the dataset in `--models-from`, under whichever protocol it trained."""
+    found = [cell for cell in sorted(Path(args.models_from).glob(f"{args.dataset}-*-{method}-{bits}b")) if (cell / rundir.MODEL_FILE).is_file()]
+    if len(found) != 1:
+        raise CellError(f"--models-from {args.models_from} holds {len(found)} finished {args.dataset} {method} {bits}-bit cells, not one")
+    return found[0]
+
+
+class CellError(Exception):
+    """A cell that cannot be set up as asked; the grid stops with exit status 2."""
 
 
 def run_cell(command, out):
@@ -88,7 +110,8 @@ def results_table(args, cells):
             continue
         key = f"mAP@{metrics['top']}"
         accuracy = f"{metrics['query_accuracy']:.4f}" if "query_accuracy" in metrics else ""
-        lines.append(f"| {method} | {bits} | {metrics[key]:.4f} ({key}) | {accuracy} | {metrics['timings']['train_seconds']:.0f} "
+        trained = f"{metrics['model_train_seconds']:.0f} (its model's)" if "model_from" in metrics else f"{metrics['timings']['train_seconds']:.0f}"
+        lines.append(f"| {method} | {bits} | {metrics[key]:.4f} ({key}) | {accuracy} | {trained} "
                      f"| {metrics['device']} | `python {shlex.join(command)}` |")
     published = [row for row in PUBLISHED if (row[0], row[1]) == (args.protocol, args.dataset) or is_method_only_row(row, args.methods)]
     if published:
@@ -102,7 +125,7 @@ def results_table(args, cells):
 def main(argv=None):
     """Runs the grid's missing cells and writes results.md; returns the exit status.
 
-    0 done; 2 bad input; 130 interrupted (Ctrl-C): the finished cells are kept, and the same
+    0 done; 2 bad input (a `--models-from` folder without the cell's model); 130 interrupted (Ctrl-C): the finished cells are kept, and the same
     command runs the rest, an unfinished cell resuming from its last finished epoch.
     """
     parser = build_parser()
@@ -113,6 +136,8 @@ def main(argv=None):
         table = results_table(args, run_grid(args, out_root))
         with rundir.atomic_path(out_root / RESULTS_FILE) as temporary:
             temporary.write_text(table)
+    except CellError as error:
+        parser.error(str(error))
     except rundir.WriteError as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ status 2, and never touches an earlier run's files.
 
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,8 @@ def run(config, verbose=1, resume=False, callbacks=()):
         out.mkdir(parents=True, exist_ok=True)
         rundir.clear_run(out)
         rundir.write_json(out / rundir.CONFIG_FILE, config)
+    if config.get("model_from"):
+        _copy_trained_model(Path(config["model_from"]), out)
 
     import keras  # imported by now (devices, recipe); named here, where this function starts to use it
 
@@ -125,6 +128,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
         "num_database": len(db_y),
         "epochs_trained": trained_epochs,
         **({"query_accuracy": query_accuracy} if query_accuracy is not None else {}),
+        **{key: config[key] for key in ("model_from", "model_train_seconds") if config.get("model_from")},
         "recipe": config.get("recipe"),
         "jit_compile": model.jit_compile,
         "precision_policy": precision_policy,
@@ -161,10 +165,38 @@ def load_arrays(config):
     """Loads the config's dataset and gathers its training, database and query images and labels."""
     dataset = _load(config)
     split = protocols.select_split(config, dataset)
+    if config.get("model_from"):
+        _check_trained_on(split, dataset, config)
     images = (dataset.x_train, dataset.x_test, getattr(dataset, "x_db", None))
     labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
     roles = (items.gather(source) for items in (split.train, split.database, split.queries) for source in (images, labels))
     return Arrays(split, len(dataset.class_names), *roles)
+
+
+def _check_trained_on(split, dataset, config):
+    """Refuses to evaluate `--model-from`'s model unless it trained on exactly `split`'s training images.
+
+    Any other split could hold images the model was trained on among its queries
+    (or, for a protocol whose database leaves the training images out, in its database).
+    """
+    trained = {**config, "protocol": config["model_protocol"], "val_size": config["model_val_size"]}
+    if not protocols.select_split(trained, dataset).train.same_as(split.train):
+        raise UsageError(
+            f"--model-from {config['model_from']}: that model trained on other images than protocol {split.protocol}'s "
+            f"training set (it trained under protocol {trained['protocol']}, --val-size {trained['val_size']}), so this "
+            f"evaluation could score images it learnt from; evaluate it under a protocol with the same training images "
+            f"(dhn and cifar10-1 share theirs)"
+        )
+
+
+def _copy_trained_model(trained_dir, out):
+    """Copies `--model-from`'s `model.keras` into the run folder (once); the run then skips training."""
+    if (out / rundir.MODEL_FILE).is_file():
+        return
+    if not (trained_dir / rundir.MODEL_FILE).is_file():
+        raise UsageError(f"--model-from {trained_dir}: its {rundir.MODEL_FILE} is gone")
+    with rundir.atomic_path(out / rundir.MODEL_FILE) as temporary:
+        shutil.copyfile(trained_dir / rundir.MODEL_FILE, temporary)
 
 
 def _load(config):
@@ -362,7 +394,10 @@ USAGE_ERRORS = (UsageError, rundir.RunDirError, data.DataError, devices.DeviceEr
 
 def prepare(args):
     """The config of a new run from parsed arguments, with its run folder and data checked; no Keras yet."""
-    config = devices.worker_config(options.resolve_args(args))  # process > 0: a private temporary run folder
+    if args.model_from:
+        config = options.resolve_model_from(args)
+    else:
+        config = devices.worker_config(options.resolve_args(args))  # process > 0: a private temporary run folder
     rundir.check_out_dir(config["out"], overwrite=args.overwrite)
     if config["data_dir"]:
         data.check_data_dir(config["data_dir"])

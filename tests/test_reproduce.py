@@ -41,6 +41,22 @@ def test_a_tiny_cell_runs_and_is_not_run_twice(tmp_path, tiny_tree, monkeypatch)
     assert (run / "metrics.json").read_text() == first
 
 
+@pytest.mark.slow
+def test_models_from_evaluates_another_grids_models_without_training(tmp_path, tiny_tree, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train_argv = ["--methods", "dlbhc", "--bits", "12", "--epochs", "1", "--data-dir", str(tiny_tree), "--out", "trained", "--", "--arch", "dbr", "-s", "0"]
+    assert reproduce.main(train_argv) == 0
+    argv = ["--methods", "dlbhc", "--bits", "12", "--protocol", "dbr", "--models-from", "trained", "--out", "evaluated", "--", "-q", "8", "-s", "0"]
+    assert reproduce.main(argv) == 0
+    metrics = json.loads((tmp_path / "evaluated" / "cifar10-dbr-dlbhc-12b" / "metrics.json").read_text())
+    assert metrics["protocol"] == "dbr" and metrics["timings"]["train_seconds"] == 0
+    assert metrics["model_from"] == str(tmp_path / "trained" / "cifar10-dlbhc-dlbhc-12b")
+    assert "(its model's)" in (tmp_path / "evaluated" / reproduce.RESULTS_FILE).read_text()
+    with pytest.raises(SystemExit) as exit_info:  # no such cell among the trained ones
+        reproduce.main([*argv[:3], "24", *argv[4:]])
+    assert exit_info.value.code == 2 and "holds 0 finished cifar10 dlbhc 24-bit cells" in capsys.readouterr().err
+
+
 def test_published_rows_follow_the_protocol_and_the_dataset(tmp_path):
     reproduce.main(["--methods", "dbr", "--bits", "12", "--protocol", "dbr", "--dataset", "mnist", "--out", str(tmp_path), "--table-only"])
     table = (tmp_path / reproduce.RESULTS_FILE).read_text()

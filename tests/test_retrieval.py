@@ -167,6 +167,30 @@ def test_resume_of_a_finished_run_changes_nothing(finished_run, capsys):
     assert (finished_run / rundir.METRICS_FILE).read_text() == before
 
 
+@pytest.mark.slow
+def test_model_from_evaluates_a_trained_model_under_another_protocol_without_training(finished_run, tmp_path):
+    out = tmp_path / "evaluated"
+    assert retrieval.main(["--model-from", str(finished_run), "--protocol", "dbr", "-q", "8", "-s", "0", "--out", str(out)]) == 0
+    metrics = json.loads((out / rundir.METRICS_FILE).read_text())
+    assert (metrics["protocol"], metrics["num_queries"], metrics["method"], metrics["bits"]) == ("dbr", 8, "dbr", 12)
+    assert metrics["timings"]["train_seconds"] == 0 and metrics["model_from"] == str(finished_run.resolve())
+    trained_seconds = json.loads((finished_run / rundir.METRICS_FILE).read_text())["timings"]["train_seconds"]
+    assert metrics["model_train_seconds"] == trained_seconds
+    with h5py.File(finished_run / rundir.CODES_FILE) as trained, h5py.File(out / rundir.CODES_FILE) as evaluated:
+        # The same model and the same database (the training split): the same codes, item for item.
+        order, again = np.argsort(trained["db_index"][()]), np.argsort(evaluated["db_index"][()])
+        np.testing.assert_array_equal(trained["db_bits"][()][order], evaluated["db_bits"][()][again])
+
+
+@pytest.mark.slow
+def test_model_from_refuses_other_training_images_and_training_flags(finished_run, tmp_path, capsys):
+    # Validation queries come out of the training split, which the model trained on: refused.
+    fails_with(capsys, ["--model-from", str(finished_run), "--val-size", "8", "--out", str(tmp_path / "a")], "trained on other images")
+    fails_with(capsys, ["--model-from", str(finished_run), "-l", "24", "--out", str(tmp_path / "b")], "drop --bits")
+    fails_with(capsys, ["--model-from", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")], "no finished run there")
+    assert not (tmp_path / "a" / rundir.METRICS_FILE).exists()
+
+
 class KillAfterEpoch(keras.callbacks.Callback):
     """Stands in for a kill: stops the process's training after a given epoch has been backed up."""
 
