@@ -12,8 +12,9 @@ every value it chose, so `--resume` continues with the same ones.
   batch norm biases trained `norm_bias_lr_scale` times faster, label smoothing, 2-pixel
   shifts and mirroring, and flip test-time augmentation.
   Below `SMALL_DATA_IMAGES` training images it takes smaller batches at a
-  smaller rate for more epochs (`SMALL_DATA`), and a short training (under
-  `SHORT_TRAINING_IMAGES` images seen: the classroom run) drops the shifts.
+  smaller rate for more epochs of a network twice as wide (`SMALL_DATA`), and a short
+  training (under `SHORT_TRAINING_IMAGES` images seen: the classroom run) drops the
+  shifts and keeps the narrower network (`SHORT_TRAINING`).
   Methods other than `dlbhc` need their own loss scale under it (`METHOD_SETTINGS`).
 - `dbr`: DeepBinaryRepre's own settings (Lu et al. 2017) for its own network
   (`--arch dbr`): Adadelta at rate 1.0, batch 32, 20 epochs, no augmentation.
@@ -85,14 +86,17 @@ ARCH_RECIPES = {"speedrun": SPEEDRUN, "dbr": DBR}  # any other arch: CLASSIC
 # The speed-run recipe on small training sets (the classroom run's 5,000 images, the dhn
 # protocol's): smaller batches, so that an epoch still takes several dozen steps, at a smaller
 # peak rate, and many more epochs, which a small set affords and needs (on validation, 5,000
-# images: 30 epochs scored 0.12 above 5; docs/recipes.md).
+# images: 30 epochs scored 0.12 above 5), on airbench's full width, which 60 epochs of 5,000
+# images afford within half an hour on a 2-core CPU (on validation, the dhn protocol's
+# training set: 0.016 above half the width; docs/recipes.md).
 SMALL_DATA_IMAGES = 20_000
-SMALL_DATA = {"batch_size": 100, "lr": 0.15, "epochs": 60}
+SMALL_DATA = {"batch_size": 100, "lr": 0.15, "epochs": 60, "width": 64}
 # A short training (fewer images seen than this, epochs x training images) mirrors without
 # shifting: on validation the 2-pixel shifts cost a 5-epoch classroom run and won 0.04 in a
-# 30-epoch one (docs/recipes.md).
+# 30-epoch one (docs/recipes.md). It keeps the full-scale recipe's width: the classroom run
+# is there to be quick.
 SHORT_TRAINING_IMAGES = 100_000
-SHORT_TRAINING_AUGMENT = "flip"
+SHORT_TRAINING = {"augment": "flip", "width": RECIPES[SPEEDRUN]["width"]}
 
 # What a method needs of its own under a recipe. The speed-run rate suits the
 # cross-entropy of `dlbhc`; the squared error of the codeword methods (`dbr`,
@@ -139,15 +143,16 @@ def fill(config, recipe, colour, train_size):
     >>> config = {"arch": "speedrun", "method": "dlbhc", "batch_size": 50}
     >>> filled = fill(config, "speedrun", colour=True, train_size=5000)
     >>> filled["batch_size"], filled["width"], filled["lr"], filled["epochs"], filled["augment"]
-    (50, 32, 0.15, 60, 'light-crop-flip')
-    >>> fill({**config, "epochs": 5}, "speedrun", colour=True, train_size=5000)["augment"]
-    'flip'
+    (50, 64, 0.15, 60, 'light-crop-flip')
+    >>> short = fill({**config, "epochs": 5}, "speedrun", colour=True, train_size=5000)
+    >>> short["augment"], short["width"]
+    ('flip', 32)
     """
     settings = dict(RECIPES[recipe])
     if recipe == SPEEDRUN and train_size < SMALL_DATA_IMAGES:
         settings.update(SMALL_DATA)
     if recipe == SPEEDRUN and (config.get("epochs") or settings["epochs"]) * train_size < SHORT_TRAINING_IMAGES:
-        settings["augment"] = SHORT_TRAINING_AUGMENT
+        settings.update(SHORT_TRAINING)
     settings.update(METHOD_SETTINGS.get(recipe, {}).get(config["method"], {}))
     if config["arch"] not in vocabulary.WIDTH_ARCHS:
         settings["width"] = None

@@ -47,14 +47,15 @@ def test_the_speedrun_recipe_takes_small_batches_for_more_epochs_on_small_traini
     assert recipes.fill(resolved("-e", "3"), "speedrun", colour=True, train_size=5000)["epochs"] == 3
 
 
-@pytest.mark.parametrize("epochs, train_size, augment", [
-    ("5", 5000, recipes.SHORT_TRAINING_AUGMENT),  # the classroom run: 25,000 images seen
-    ("30", 5000, "light-crop-flip"),
-    ("1", 50_000, recipes.SHORT_TRAINING_AUGMENT),
-    ("2", 50_000, "light-crop-flip"),
+@pytest.mark.parametrize("epochs, train_size, augment, width", [
+    ("5", 5000, "flip", 32),  # the classroom run: 25,000 images seen, on the narrower network
+    ("30", 5000, "light-crop-flip", 64),  # small data, long training: the wider one
+    ("1", 50_000, "flip", 32),
+    ("2", 50_000, "light-crop-flip", 32),
 ])
-def test_a_short_training_mirrors_without_shifting(epochs, train_size, augment):
-    assert recipes.fill(resolved("-e", epochs), "speedrun", colour=True, train_size=train_size)["augment"] == augment
+def test_a_short_training_mirrors_without_shifting_on_the_narrower_network(epochs, train_size, augment, width):
+    filled = recipes.fill(resolved("-e", epochs), "speedrun", colour=True, train_size=train_size)
+    assert (filled["augment"], filled["width"]) == (augment, width)
     assert recipes.fill(resolved("-e", epochs, "--augment", "crop-flip"), "speedrun", colour=True, train_size=train_size)["augment"] == "crop-flip"
     assert recipes.fill(resolved("-e", epochs), "classic", colour=True, train_size=train_size)["augment"] is None  # the arch's own
 
