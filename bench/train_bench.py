@@ -66,8 +66,8 @@ def main(argv=None):
     retrieval_parser.prog = parser.prog  # its errors are this command's
     with tempfile.TemporaryDirectory() as scratch:
         args = retrieval_parser.parse_args([*rest, "-s", "0"] + ([] if "--out" in rest else ["--out", str(Path(scratch) / "run")]))
-        if args.resume:
-            parser.error("--resume does not apply: the benchmark times a whole training")
+        if args.resume or args.model_from:
+            parser.error(f"{'--resume' if args.resume else '--model-from'} does not apply: the benchmark times a whole training")
         if args.epochs is not None and args.epochs < 1:
             parser.error(f"--epochs must be at least 1 to time an epoch, got {args.epochs}")
         try:

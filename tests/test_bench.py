@@ -47,6 +47,7 @@ def test_train_bench_scores_every_epoch_and_reports_when_each_threshold_was_reac
         (["--eval-every", "0"], "--eval-every must be at least 1, got 0"),
         (["-e", "0"], "--epochs must be at least 1 to time an epoch, got 0"),
         (["--resume"], "--resume does not apply: the benchmark times a whole training"),
+        (["--model-from", "runs/any"], "--model-from does not apply: the benchmark times a whole training"),
         (["--data-dir", "/nonexistent"], "train_bench.py: error: The path does not exist"),
     ],
 )
