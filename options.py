@@ -211,8 +211,13 @@ def resolve_model_from(args):
         # What the evaluation needs of the training: its images (retrieval checks them) and its time.
         "model_protocol": trained["protocol"],
         "model_val_size": trained["val_size"],
-        "model_train_seconds": rundir.read_json(trained_dir / rundir.METRICS_FILE)["timings"]["train_seconds"],
+        "model_train_seconds": _train_seconds(rundir.read_json(trained_dir / rundir.METRICS_FILE)),
     }
+
+
+def _train_seconds(metrics):
+    """The seconds a finished run's model took to train, also where that run evaluated another run's model."""
+    return metrics.get("model_train_seconds", metrics["timings"]["train_seconds"])
 
 
 def _resolve_devices(args):

@@ -180,6 +180,9 @@ def test_model_from_evaluates_a_trained_model_under_another_protocol_without_tra
         # The same model and the same database (the training split): the same codes, item for item.
         order, again = np.argsort(trained["db_index"][()]), np.argsort(evaluated["db_index"][()])
         np.testing.assert_array_equal(trained["db_bits"][()][order], evaluated["db_bits"][()][again])
+    # An evaluation's model can be evaluated again; the training time is still the training's.
+    assert retrieval.main(["--model-from", str(out), "-q", "4", "-s", "0", "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / rundir.METRICS_FILE).read_text())["model_train_seconds"] == trained_seconds
 
 
 @pytest.mark.slow
