@@ -6,9 +6,11 @@ re-encodes the run's database and queries with its `model.keras`, once plainly
 and once as the mean of each image's and its mirror image's latent activations
 (`retrieval.py --tta`), and scores both by mAP@k and precision@k under the run's
 own split. `--val-size N` scores held-out training images instead of the
-run's queries, for a decision that must not look at the test queries (the
-held-out images must then not have been trained on: a run made with the same
-`--val-size`). Prints one JSON line.
+run's queries, for a decision that must not look at the test queries. The run
+is read as `retrieval.py --model-from RUN` reads it, so a split whose training
+images are not exactly those the run trained on (a `--val-size` other than the
+run's own) is refused with exit status 2: its queries could be trained images.
+Prints one JSON line.
 """
 
 import json
@@ -26,23 +28,31 @@ import rundir  # noqa: E402
 
 def main(argv=None):
     parser = options.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a finished run folder (config.json and model.keras)")
+    parser.add_argument("run", help="a finished run folder (config.json, model.keras, metrics.json)")
     parser.add_argument("--val-size", type=int, default=None, help="score N held-out training images instead of the run's queries (default: the run's own)")
     args = parser.parse_args(argv)
-    if args.val_size is not None and args.val_size < 1:
-        parser.error(f"--val-size must be at least 1, got {args.val_size}")
     run = Path(args.run)
-    if not (run / rundir.MODEL_FILE).is_file() or not (run / rundir.CONFIG_FILE).is_file():
-        parser.error(f"{run} is not a finished run: it needs {rundir.CONFIG_FILE} and {rundir.MODEL_FILE}")
-    config = rundir.read_json(run / rundir.CONFIG_FILE)
-    if args.val_size is not None:
-        config["val_size"] = args.val_size
+    needed = (rundir.CONFIG_FILE, rundir.MODEL_FILE, rundir.METRICS_FILE)
+    if not all((run / name).is_file() for name in needed):
+        parser.error(f"{run} is not a finished run: it needs {', '.join(needed)}")
     try:
+        config = model_config(run, args.val_size)
         report = measure(config, run / rundir.MODEL_FILE)
     except retrieval.USAGE_ERRORS as error:
         parser.error(str(error))
     print(json.dumps(report))
     return 0
+
+
+def model_config(run, val_size):
+    """The config that re-encodes `run`'s model, as `retrieval.py --model-from` resolves it.
+
+    `val_size` (None: the run's own) picks the queries; `retrieval.load_arrays`
+    then refuses a split whose training images differ from the run's.
+    """
+    val_size = rundir.read_json(run / rundir.CONFIG_FILE).get("val_size") if val_size is None else val_size
+    argv = ["--model-from", str(run), *(["--val-size", str(val_size)] if val_size is not None else [])]
+    return options.resolve_model_from(options.build_parser().parse_args(argv))
 
 
 def measure(config, model_path):

@@ -66,6 +66,10 @@ def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_p
     # Without flips, the bench reproduces the run's own score.
     assert report["plain"]["mAP@120"] == pytest.approx(rundir.read_json(out / rundir.METRICS_FILE)["mAP@120"], abs=1e-4)
     assert 0 <= report["tta"]["mAP@120"] <= 1 and report["query_source"] == "test"
+    # Held-out queries the run was not held out from would include images it trained on.
+    fails_with(capsys, [str(out), "--val-size", "8"], "trained on other images", main=tta_bench.main)
+    fails_with(capsys, [str(out), "--val-size", "0"], "--val-size must be at least 1", main=tta_bench.main)
+    fails_with(capsys, [str(tmp_path)], "is not a finished run", main=tta_bench.main)
 
 
 @pytest.mark.slow
