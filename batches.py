@@ -213,7 +213,7 @@ class _SetEpoch(keras.callbacks.Callback):
         self.batches.set_epoch(epoch)
 
 
-def tensorflow_batches(x, y, batch_size, seed):
+def tensorflow_batches(x, y, batch_size, seed, first_epoch=0):
     """Shuffled batches of arrays for TensorFlow's `fit`, as a `tf.data.Dataset` with autotuning off.
 
     Given plain arrays, Keras's TensorFlow trainer builds a `tf.data` pipeline
@@ -224,13 +224,15 @@ def tensorflow_batches(x, y, batch_size, seed):
     in many epochs (the process's threads all waiting on that destructor). With
     autotuning off and a fixed prefetch there is no such thread. Each epoch is
     one pass over the data in a new seeded order, the last batch possibly
-    smaller, as `fit` gives arrays.
+    smaller, as `fit` gives arrays; a resumed run's epochs take the orders
+    an uninterrupted run would have taken in them.
 
     Args:
         x: training inputs `[n, ...]`.
         y: training targets `[n, ...]`.
         batch_size: examples per batch.
         seed: seed of the shuffling (each epoch is reshuffled from it).
+        first_epoch: epochs already trained (a resumed run). Defaults to 0.
 
     Returns:
         A `tf.data.Dataset` of `(inputs, targets)` batches.
@@ -240,6 +242,8 @@ def tensorflow_batches(x, y, batch_size, seed):
     with tf.device("CPU:0"):  # tf.data runs on the host: keep the arrays there, also on a GPU machine
         inputs, targets = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
     order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    for _ in range(first_epoch):  # each new iterator draws the next epoch's order; it shuffles only when read
+        iter(order)
     dataset = order.batch(batch_size).map(lambda index: (tf.gather(inputs, index), tf.gather(targets, index)))
     options = tf.data.Options()
     options.autotune.enabled = False

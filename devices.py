@@ -195,8 +195,13 @@ class Placement:
                 "(its triplets span the whole P x K batch, which TensorFlow replicas and JAX processes split)"
             )
 
-    def fit_data(self, x, y, batch_size, seed):
-        """The arguments of `train.fit_resumable` for arrays, and the number of steps per epoch."""
+    def fit_data(self, x, y, batch_size, seed, first_epoch=0):
+        """The arguments of `train.fit_resumable` for arrays, and the number of steps per epoch.
+
+        `first_epoch` (a resumed run's epochs already trained) tells TensorFlow's
+        pipeline where the batch orders go on; `batches.ShardedBatches` learns
+        each epoch from its callback instead.
+        """
         import batches
 
         if self.backend == "jax" and self.distributed:  # batch_size checked by run (check_batch)
@@ -209,7 +214,7 @@ class Placement:
             return {"x": on_device}, len(on_device)
         steps = -(-len(x) // batch_size)
         if self.backend == "tensorflow":
-            return {"x": batches.tensorflow_batches(x, y, batch_size, seed)}, steps
+            return {"x": batches.tensorflow_batches(x, y, batch_size, seed, first_epoch)}, steps
         return {"x": x, "y": y, "batch_size": batch_size}, steps
 
     def holds_data_on_device(self, nbytes):

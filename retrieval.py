@@ -314,13 +314,14 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         return keras.saving.load_model(model_path), config["epochs"], 0.0
     targets = method.targets(y)
     placement = devices.placement()
+    start_epoch = train.resumed_epoch(backup_dir)
     if method.batch_classes:
         import batches
 
         inputs = batches.ClassBalancedBatches(x, targets, y, config["classes_per_batch"], config["images_per_class"], seed=config["seed"])
         fit_data, steps_per_epoch = {"x": inputs}, len(inputs)
     else:
-        fit_data, steps_per_epoch = placement.fit_data(x, targets, config["batch_size"], config["seed"])
+        fit_data, steps_per_epoch = placement.fit_data(x, targets, config["batch_size"], config["seed"], start_epoch)
     total_steps = max(1, config["epochs"] * steps_per_epoch)
     weight_callbacks = [train.Lookahead(steps_per_epoch, total_steps)] if config.get("weight_averaging") else []
     with placement.scope():
@@ -330,7 +331,6 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
             raise UsageError(str(error)) from None
         if verbose and train.gpu_count() and not model.jit_compile:
             print("warning: XLA compilation is off (a layer of this model does not support jit_compile): training will be slow")
-        start_epoch = train.resumed_epoch(backup_dir)
         if not start_epoch:  # a resumed run's checkpoint holds the fitted whitening
             models.adapt_to_images(model, x)
         if start_epoch and verbose:

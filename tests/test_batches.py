@@ -76,3 +76,6 @@ def test_tensorflow_batches_pass_over_every_item_once_an_epoch_in_a_new_seeded_o
     first, second = epoch(dataset), epoch(dataset)
     assert sorted(first) == sorted(second) == list(range(25)) and first != second
     assert epoch(batches.tensorflow_batches(x, y, batch_size=10, seed=4)) == first
+    third = epoch(dataset)
+    # A run resumed after two epochs goes on with the third epoch's order, not the first's.
+    assert epoch(batches.tensorflow_batches(x, y, batch_size=10, seed=4, first_epoch=2)) == third
