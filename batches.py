@@ -244,7 +244,29 @@ def tensorflow_batches(x, y, batch_size, seed, first_epoch=0):
     order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     for _ in range(first_epoch):  # each new iterator draws the next epoch's order; it shuffles only when read
         iter(order)
-    dataset = order.batch(batch_size).map(lambda index: (tf.gather(inputs, index), tf.gather(targets, index)))
+    return _without_autotuning(order.batch(batch_size).map(lambda index: (tf.gather(inputs, index), tf.gather(targets, index))))
+
+
+def tensorflow_dataset(batches):
+    """A `PyDataset` of this module (its `epoch_callback` sets the epoch it serves) as a `tf.data.Dataset` for TensorFlow's `fit`.
+
+    Keras feeds a `PyDataset` to TensorFlow through a `tf.data` pipeline with
+    autotuned prefetching, whose iterator stalls the end of each epoch as
+    `tensorflow_batches` describes. This pipeline asks `batches` for its items
+    in order, from a new Python generator each epoch (after the epoch callback
+    has run), with autotuning off.
+    """
+    import tensorflow as tf
+
+    signature = tuple(tf.TensorSpec((None, *part.shape[1:]), tf.as_dtype(part.dtype)) for part in batches[0])
+    dataset = tf.data.Dataset.from_generator(lambda: (batches[index] for index in range(len(batches))), output_signature=signature)
+    return _without_autotuning(dataset.apply(tf.data.experimental.assert_cardinality(len(batches))))
+
+
+def _without_autotuning(dataset):
+    """`dataset` prefetching `PREFETCH_BATCHES` batches, with `tf.data`'s autotuning (and its background thread) off."""
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(PREFETCH_BATCHES).with_options(options)

@@ -20,6 +20,7 @@ import numpy as np
 from keras import ops
 
 import backbones
+import batches
 import models
 import rundir
 import vocabulary
@@ -384,7 +385,8 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
             `batches.ClassBalancedBatches` for methods with `batch_classes`,
             `batches.tensorflow_batches`), with `y` and `batch_size` left `None`;
             if it has `epoch_callback()`, that callback is added (so it knows
-            which epoch, resumed ones included, it serves).
+            which epoch, resumed ones included, it serves), and on TensorFlow
+            it is fed through `batches.tensorflow_dataset`.
         y: training targets. Defaults to `None` (for a `PyDataset`).
         epochs: total number of epochs, counting those already done.
         batch_size: examples per step. Defaults to `None` (for a `PyDataset`).
@@ -404,7 +406,11 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
             f"Received: y={'None' if y is None else 'an array'}, batch_size={batch_size}"
         )
     start_epoch = restore_checkpoint(model, backup_dir)
-    own_callbacks = [x.epoch_callback()] if hasattr(x, "epoch_callback") else []
+    own_callbacks = []
+    if hasattr(x, "epoch_callback"):
+        own_callbacks.append(x.epoch_callback())
+        if keras.backend.backend() == "tensorflow":  # Keras's own feed of a PyDataset stalls there
+            x = batches.tensorflow_dataset(x)
     return model.fit(
         x,
         y,

@@ -79,3 +79,34 @@ def test_tensorflow_batches_pass_over_every_item_once_an_epoch_in_a_new_seeded_o
     third = epoch(dataset)
     # A run resumed after two epochs goes on with the third epoch's order, not the first's.
     assert epoch(batches.tensorflow_batches(x, y, batch_size=10, seed=4, first_epoch=2)) == third
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tensorflow_dataset is the TensorFlow backend's feed")
+def test_tensorflow_dataset_serves_a_pydatasets_batches_in_order_without_autotuning():
+    labels = np.repeat(np.arange(4), 6)
+    data = batches.ClassBalancedBatches(np.arange(24, dtype="float32")[:, None], labels, labels, 2, 3, seed=1)
+    dataset = batches.tensorflow_dataset(data)
+    assert dataset.options().autotune.enabled is False and int(dataset.cardinality()) == len(data) == 4
+
+    def served():
+        return [np.asarray(inputs)[:, 0].astype(int).tolist() for inputs, _ in dataset]
+
+    assert served() == data.plan.tolist()
+    data.set_epoch(3)  # what the epoch callback does: the next pass serves that epoch's batches
+    assert served() == data.epoch_plan(3).tolist() != batches.ClassBalancedBatches(data.x, labels, labels, 2, 3, seed=1).plan.tolist()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the TensorFlow feed of a PyDataset")
+def test_fit_resumable_serves_each_epoch_its_own_class_batches_on_tensorflow(tmp_path, monkeypatch):
+    import train
+
+    labels = np.repeat(np.arange(4), 6)
+    data = batches.ClassBalancedBatches(np.arange(24, dtype="float32")[:, None], keras.utils.to_categorical(labels, 4), labels, 2, 3, seed=1)
+    served = []
+    get_item = batches.ClassBalancedBatches.__getitem__
+    monkeypatch.setattr(batches.ClassBalancedBatches, "__getitem__", lambda self, index: served.append((self.epoch, index)) or get_item(self, index))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(4, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy")
+    train.fit_resumable(model, data, epochs=3, backup_dir=tmp_path / "backup", verbose=0)
+    # After one look at the first batch (the pipeline's shapes), every epoch reads its own batches once, in order.
+    assert served == [(0, 0)] + [(epoch, index) for epoch in range(3) for index in range(4)]

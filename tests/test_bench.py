@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import keras
 import pytest
 
 import retrieval
@@ -70,6 +71,21 @@ def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_p
     fails_with(capsys, [str(out), "--val-size", "8"], "trained on other images", main=tta_bench.main)
     fails_with(capsys, [str(out), "--val-size", "0"], "--val-size must be at least 1", main=tta_bench.main)
     fails_with(capsys, [str(tmp_path)], "is not a finished run", main=tta_bench.main)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="feed_bench times TensorFlow's feeds")
+def test_feed_bench_times_every_epoch_of_each_feed(capsys):
+    assert load_bench("feed_bench").main(["--epochs", "2", "--steps", "3", "--sleep", "0.01"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["epoch_seconds"]) == {"keras-pydataset", "tensorflow_dataset", "keras-arrays", "tensorflow_batches"}
+    for seconds in report["epoch_seconds"].values():
+        assert len(seconds) == 2 and all(second >= 3 * 0.01 for second in seconds)  # each epoch holds its steps' sleeps
+
+
+@pytest.mark.parametrize("argv, message", [(["--epochs", "1"], "--epochs must be at least 2, got 1"), (["--sleep", "-1"], "--sleep must be at least 0")])
+def test_feed_bench_refuses_bad_flags_with_exit_2(capsys, argv, message):
+    fails_with(capsys, argv, message, main=load_bench("feed_bench").main)
 
 
 @pytest.mark.slow
