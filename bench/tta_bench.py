@@ -47,11 +47,13 @@ def main(argv=None):
 def model_config(run, val_size):
     """The config that re-encodes `run`'s model, as `retrieval.py --model-from` resolves it.
 
-    `val_size` (None: the run's own) picks the queries; `retrieval.load_arrays`
-    then refuses a split whose training images differ from the run's.
+    The run's own queries and k, and `val_size` (None: the run's own) held-out
+    queries; `retrieval.load_arrays` then refuses a split whose training images
+    differ from the run's.
     """
-    val_size = rundir.read_json(run / rundir.CONFIG_FILE).get("val_size") if val_size is None else val_size
-    argv = ["--model-from", str(run), *(["--val-size", str(val_size)] if val_size is not None else [])]
+    trained = rundir.read_json(run / rundir.CONFIG_FILE)
+    flags = {"--val-size": trained["val_size"] if val_size is None else val_size, "--queries": trained["queries"], "--top": trained["top"]}
+    argv = ["--model-from", str(run), *(token for flag, value in flags.items() if value is not None for token in (flag, str(value)))]
     return options.resolve_model_from(options.build_parser().parse_args(argv))
 
 
