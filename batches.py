@@ -1,6 +1,7 @@
 """Seeded batches for `fit`: P classes x K images each (`ClassBalancedBatches`), one
 process's share of data-parallel global batches (`ShardedBatches`, see devices.py), and
-shuffled array batches for TensorFlow without its autotuning stalls (`tensorflow_batches`).
+shuffled array batches for TensorFlow without its autotuning stalls (`tensorflow_batches`), and
+the same feed for a `PyDataset` of this module (`tensorflow_dataset`).
 
 A triplet loss learns nothing from a batch in which no two images share a class
 (no positive) or all do (no negative). `ClassBalancedBatches` feeds `model.fit`
@@ -251,7 +252,7 @@ def tensorflow_dataset(batches):
     """A `PyDataset` of this module (its `epoch_callback` sets the epoch it serves) as a `tf.data.Dataset` for TensorFlow's `fit`.
 
     Keras feeds a `PyDataset` to TensorFlow through a `tf.data` pipeline with
-    autotuned prefetching, whose iterator stalls the end of each epoch as
+    autotuned prefetching, whose iterator can stall the end of an epoch as
     `tensorflow_batches` describes. This pipeline asks `batches` for its items
     in order, from a new Python generator each epoch (after the epoch callback
     has run), with autotuning off.
