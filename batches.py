@@ -1,7 +1,7 @@
 """Seeded batches for `fit`: P classes x K images each (`ClassBalancedBatches`), one
-process's share of data-parallel global batches (`ShardedBatches`, see devices.py), and
-shuffled array batches for TensorFlow without its autotuning stalls (`tensorflow_batches`), and
-the same feed for a `PyDataset` of this module (`tensorflow_dataset`).
+process's share of data-parallel global batches (`ShardedBatches`, see devices.py);
+and for TensorFlow, feeds without its autotuning stalls: shuffled array batches
+(`tensorflow_batches`) and a `PyDataset` of this module (`tensorflow_dataset`).
 
 A triplet loss learns nothing from a batch in which no two images share a class
 (no positive) or all do (no negative). `ClassBalancedBatches` feeds `model.fit`
