@@ -76,9 +76,10 @@ def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_p
 @pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="feed_bench times TensorFlow's feeds")
 def test_feed_bench_times_every_epoch_of_each_feed(capsys):
-    assert load_bench("feed_bench").main(["--epochs", "2", "--steps", "3", "--sleep", "0.01"]) == 0
+    feeds = ["keras-pydataset", "tensorflow_dataset"]
+    assert load_bench("feed_bench").main(["--epochs", "2", "--steps", "3", "--sleep", "0.01", "--feeds", *feeds]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["epoch_seconds"]) == {"keras-pydataset", "tensorflow_dataset", "keras-arrays", "tensorflow_batches"}
+    assert list(report["epoch_seconds"]) == feeds
     for seconds in report["epoch_seconds"].values():
         assert len(seconds) == 2 and all(second >= 3 * 0.01 for second in seconds)  # each epoch holds its steps' sleeps
 
