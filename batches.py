@@ -150,7 +150,9 @@ class ClassBalancedBatches(keras.utils.PyDataset):
 
 
 class ShardedBatches(keras.utils.PyDataset):
-    """One process's share of seeded global batches of `batch_size` images, for data-parallel training on JAX.
+    """One process's share of seeded global batches of `batch_size` images, for training on JAX.
+
+    On one device (one process, `replicas=1`) the share is the whole batch.
 
     Every process draws the same permutation of the training images per epoch
     (`numpy.random.default_rng([seed, epoch])`, so a resumed run sees the

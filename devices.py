@@ -198,24 +198,23 @@ class Placement:
     def fit_data(self, x, y, batch_size, seed, first_epoch=0):
         """The arguments of `train.fit_resumable` for arrays, and the number of steps per epoch.
 
-        `first_epoch` (a resumed run's epochs already trained) tells TensorFlow's
-        pipeline where the batch orders go on; `batches.ShardedBatches` learns
-        each epoch from its callback instead.
+        Every backend gets seeded batch orders that a resumed run continues:
+        TensorFlow a `tf.data` pipeline told `first_epoch` (a resumed run's
+        epochs already trained); JAX a `batches.ShardedBatches`, which learns
+        each epoch from its callback (on one GPU with the arrays held there).
         """
         import batches
 
-        if self.backend == "jax" and self.distributed:  # batch_size checked by run (check_batch)
-            sharded = batches.ShardedBatches(x, y, batch_size, self.replicas, self.num_processes, self.process_id, seed)
-            return {"x": sharded}, len(sharded)
+        if self.backend == "tensorflow":
+            steps = -(-len(x) // batch_size)
+            return {"x": batches.tensorflow_batches(x, y, batch_size, seed, first_epoch)}, steps
         if self.holds_data_on_device(x.nbytes + y.nbytes):
             import jax
 
-            on_device = batches.ShardedBatches(jax.device_put(x), jax.device_put(y), batch_size, replicas=1, seed=seed)
-            return {"x": on_device}, len(on_device)
-        steps = -(-len(x) // batch_size)
-        if self.backend == "tensorflow":
-            return {"x": batches.tensorflow_batches(x, y, batch_size, seed, first_epoch)}, steps
-        return {"x": x, "y": y, "batch_size": batch_size}, steps
+            x, y = jax.device_put(x), jax.device_put(y)
+        # batch_size checked against the replicas by run (check_batch)
+        shares = batches.ShardedBatches(x, y, batch_size, self.replicas, self.num_processes, self.process_id, seed)
+        return {"x": shares}, len(shares)
 
     def holds_data_on_device(self, nbytes):
         """Whether training data of `nbytes` lives on the device for the run: JAX, one GPU, small enough."""

@@ -115,21 +115,16 @@ def benchmark(config, eval_every):
 def input_pipeline_seconds(x, y, batch_size, seed):
     """Seconds for one epoch of batches made as this run's `fit` gets them, and copied to the device, alone.
 
-    Arrays: Keras gathers each shuffled batch on the host and copies it over;
-    on TensorFlow, the run's `tf.data` pipeline (`batches.tensorflow_batches`);
-    data held on a JAX GPU (`devices.Placement.fit_data`): each batch is a
-    gather on the device.
+    On TensorFlow, the run's `tf.data` pipeline (`batches.tensorflow_batches`);
+    on JAX, `batches.ShardedBatches` (`devices.Placement.fit_data`): a gather
+    on the host, or on the device where it holds the data (one JAX GPU).
     """
     import keras
 
     import devices
 
     fit_data, _ = devices.placement().fit_data(x, y, batch_size, seed)
-    if "batch_size" in fit_data:
-        order = np.random.default_rng(seed).permutation(len(x))
-        rows = (order[start : start + batch_size] for start in range(0, len(x), batch_size))
-        batches = ((x[indices], y[indices]) for indices in rows)
-    elif hasattr(fit_data["x"], "__getitem__"):  # a PyDataset
+    if hasattr(fit_data["x"], "__getitem__"):  # a PyDataset
         dataset = fit_data["x"]
         batches = (dataset[index] for index in range(len(dataset)))
     else:  # TensorFlow's tf.data pipeline (batches.tensorflow_batches)
