@@ -70,7 +70,10 @@ def leftovers(folder):
 def test_ctrl_c_during_training_says_how_to_resume_and_exits_130(tiny_tree, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "retrieval.py", *tiny_argv(tiny_tree, out), "-e", "200"]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT's default disposition in the child, even when the suite itself runs in the background
+    # (a non-interactive shell's `&` starts it with SIGINT ignored, which the child would inherit)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not train.checkpoints(out / rundir.BACKUP_DIR) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
