@@ -195,8 +195,8 @@ class Placement:
                 "(its triplets span the whole P x K batch, which TensorFlow replicas and JAX processes split)"
             )
 
-    def fit_data(self, x, y, batch_size, seed, first_epoch=0):
-        """The arguments of `train.fit_resumable` for arrays, and the number of steps per epoch.
+    def training_batches(self, x, y, batch_size, seed, first_epoch=0):
+        """The training arrays as `train.fit_resumable` takes them, and the number of steps per epoch.
 
         Every backend gets seeded batch orders that a resumed run continues:
         TensorFlow a `tf.data` pipeline told `first_epoch` (a resumed run's
@@ -207,14 +207,14 @@ class Placement:
 
         if self.backend == "tensorflow":
             steps = -(-len(x) // batch_size)
-            return {"x": batches.tensorflow_batches(x, y, batch_size, seed, first_epoch)}, steps
+            return batches.tensorflow_batches(x, y, batch_size, seed, first_epoch), steps
         if self.holds_data_on_device(x.nbytes + y.nbytes):
             import jax
 
             x, y = jax.device_put(x), jax.device_put(y)
         # batch_size checked against the replicas by run (check_batch)
         shares = batches.ShardedBatches(x, y, batch_size, self.replicas, self.num_processes, self.process_id, seed)
-        return {"x": shares}, len(shares)
+        return shares, len(shares)
 
     def holds_data_on_device(self, nbytes):
         """Whether training data of `nbytes` lives on the device for the run: JAX, one GPU, small enough."""

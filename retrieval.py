@@ -318,10 +318,10 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
     if method.batch_classes:
         import batches
 
-        inputs = batches.ClassBalancedBatches(x, targets, y, config["classes_per_batch"], config["images_per_class"], seed=config["seed"])
-        fit_data, steps_per_epoch = {"x": inputs}, len(inputs)
+        training_batches = batches.ClassBalancedBatches(x, targets, y, config["classes_per_batch"], config["images_per_class"], seed=config["seed"])
+        steps_per_epoch = len(training_batches)
     else:
-        fit_data, steps_per_epoch = placement.fit_data(x, targets, config["batch_size"], config["seed"], start_epoch)
+        training_batches, steps_per_epoch = placement.training_batches(x, targets, config["batch_size"], config["seed"], start_epoch)
     total_steps = max(1, config["epochs"] * steps_per_epoch)
     weight_callbacks = [train.Lookahead(steps_per_epoch, total_steps)] if config.get("weight_averaging") else []
     with placement.scope():
@@ -336,7 +336,7 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         if start_epoch and verbose:
             print(f"resuming from epoch {start_epoch} of {config['epochs']}")
         started = time.perf_counter()
-        train.fit_resumable(model, **fit_data, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks,
+        train.fit_resumable(model, training_batches, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks,
                             weight_callbacks=weight_callbacks)
         seconds = time.perf_counter() - started
     models.unsynchronize_batch_norm(model)

@@ -369,7 +369,7 @@ def checkpoint_bytes(model):
     return int(raw * CHECKPOINT_OVERHEAD) + CHECKPOINT_METADATA_BYTES
 
 
-def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verbose=1, callbacks=(), weight_callbacks=()):
+def fit_resumable(model, data, *, epochs, backup_dir, verbose=1, callbacks=(), weight_callbacks=()):
     """Runs `model.fit`, saving state every epoch and resuming from `backup_dir` if it holds any.
 
     The newest complete checkpoint in `backup_dir` is loaded first and `fit` starts at the
@@ -379,17 +379,13 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
 
     Args:
         model: a compiled, built `keras.Model`.
-        x: training inputs (an array), shuffled into batches of `batch_size`; or a
-            `keras.utils.PyDataset` or `tf.data.Dataset` that yields its own
-            `(inputs, targets)` batches in its own order (e.g.
-            `batches.ClassBalancedBatches` for methods with `batch_classes`,
-            `batches.tensorflow_batches`), with `y` and `batch_size` left `None`;
-            if it has `epoch_callback()`, that callback is added (so it knows
-            which epoch, resumed ones included, it serves), and on TensorFlow
-            it is fed through `batches.tensorflow_dataset`.
-        y: training targets. Defaults to `None` (for a `PyDataset`).
+        data: a `keras.utils.PyDataset` or `tf.data.Dataset` of `(inputs, targets)`
+            batches in its own seeded order (`devices.Placement.training_batches`,
+            `batches.ClassBalancedBatches`), so a resumed run continues the
+            batch orders; if it has `epoch_callback()`, that callback is added
+            (so it knows which epoch, resumed ones included, it serves), and on
+            TensorFlow it is fed through `batches.tensorflow_dataset`.
         epochs: total number of epochs, counting those already done.
-        batch_size: examples per step. Defaults to `None` (for a `PyDataset`).
         backup_dir: the folder of the checkpoints (`EpochCheckpoint`).
         verbose: 0 silent, 1 a progress bar per epoch. Defaults to 1.
         callbacks: further Keras callbacks, run after the checkpoint. Defaults to `()`.
@@ -399,25 +395,17 @@ def fit_resumable(model, x, y=None, *, epochs, batch_size=None, backup_dir, verb
     Returns:
         The `History` of this call (epochs run now only).
     """
-    own_batches = not isinstance(x, np.ndarray)
-    if own_batches and (y is not None or batch_size is not None):
-        raise ValueError(
-            "With a `PyDataset` or `tf.data.Dataset` as `x`, `y` and `batch_size` must be `None`: it yields its own batches. "
-            f"Received: y={'None' if y is None else 'an array'}, batch_size={batch_size}"
-        )
     start_epoch = restore_checkpoint(model, backup_dir)
     own_callbacks = []
-    if hasattr(x, "epoch_callback"):
-        own_callbacks.append(x.epoch_callback())
+    if hasattr(data, "epoch_callback"):
+        own_callbacks.append(data.epoch_callback())
         if keras.backend.backend() == "tensorflow":  # Keras's own feed of a PyDataset stalls there
-            x = batches.tensorflow_dataset(x)
+            data = batches.tensorflow_dataset(data)
     return model.fit(
-        x,
-        y,
+        data,
         epochs=epochs,
         initial_epoch=start_epoch,
-        batch_size=batch_size,
-        shuffle=not own_batches,  # a data set's batch order is its own (seeded) choice
+        shuffle=False,  # the batch order is the data set's own (seeded) choice
         verbose=verbose,
         callbacks=[*weight_callbacks, EpochCheckpoint(backup_dir), *own_callbacks, *callbacks],
     )

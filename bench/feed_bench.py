@@ -17,7 +17,7 @@ times every epoch, from one epoch's start to the next's, for each feed:
   `train.fit_resumable` feeds it on TensorFlow;
 - `keras-arrays`: arrays handed to `fit` with a batch size, through Keras's own pipeline;
 - `tensorflow_batches`: the same arrays through `batches.tensorflow_batches`,
-  as `devices.Placement.fit_data` feeds them on TensorFlow.
+  as `devices.Placement.training_batches` feeds them on TensorFlow.
 
 An epoch longer than `--steps` x `--sleep` by more than a fraction of a second
 holds a pause. Runs on the TensorFlow backend only. Prints one JSON line.

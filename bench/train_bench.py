@@ -116,19 +116,18 @@ def input_pipeline_seconds(x, y, batch_size, seed):
     """Seconds for one epoch of batches made as this run's `fit` gets them, and copied to the device, alone.
 
     On TensorFlow, the run's `tf.data` pipeline (`batches.tensorflow_batches`);
-    on JAX, `batches.ShardedBatches` (`devices.Placement.fit_data`): a gather
+    on JAX, `batches.ShardedBatches` (`devices.Placement.training_batches`): a gather
     on the host, or on the device where it holds the data (one JAX GPU).
     """
     import keras
 
     import devices
 
-    fit_data, _ = devices.placement().fit_data(x, y, batch_size, seed)
-    if hasattr(fit_data["x"], "__getitem__"):  # a PyDataset
-        dataset = fit_data["x"]
+    dataset, _ = devices.placement().training_batches(x, y, batch_size, seed)
+    if hasattr(dataset, "__getitem__"):  # a PyDataset
         batches = (dataset[index] for index in range(len(dataset)))
     else:  # TensorFlow's tf.data pipeline (batches.tensorflow_batches)
-        batches = iter(fit_data["x"])
+        batches = iter(dataset)
     started = time.perf_counter()
     for batch in batches:
         for part in batch:

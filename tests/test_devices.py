@@ -187,21 +187,20 @@ placement = devices.Placement("jax", [None])
 assert not placement.holds_data_on_device(1000)  # a CPU: the arrays stay where they are
 x = np.random.default_rng(0).integers(0, 255, (50, 8, 8, 3)).astype("uint8")
 y = np.eye(2, dtype="float32")[np.arange(50) % 2]
-on_host = placement.fit_data(x, y, 16, seed=3)[0]["x"]  # seeded per epoch, so a resumed run continues it
+on_host = placement.training_batches(x, y, 16, seed=3)[0]  # seeded per epoch, so a resumed run continues it
 on_host.set_epoch(2)
 assert isinstance(on_host.x, np.ndarray) and np.array_equal(on_host[0][0], x[np.random.default_rng([3, 2]).permutation(50)[:16]])
 jax.default_backend = lambda: "gpu"  # as on the GPU machine
 assert placement.holds_data_on_device(1000) and not placement.holds_data_on_device(devices.DEVICE_DATA_MAX_BYTES + 1)
 assert not devices.Placement("jax", [None, None]).holds_data_on_device(1000)  # data-parallel: ShardedBatches' shares
-fit_data, steps = placement.fit_data(x, y, 16, seed=3)
-held = fit_data["x"]
+held, steps = placement.training_batches(x, y, 16, seed=3)
 assert isinstance(held.x, jax.Array) and steps == len(held) == 4
 batch_x, batch_y = held[3]
 rows = np.random.default_rng([3, 0]).permutation(50)[48:]
 assert isinstance(batch_x, jax.Array) and np.array_equal(np.asarray(batch_x), x[rows]) and np.array_equal(np.asarray(batch_y), y[rows])
 model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
 model.compile(optimizer="adam", loss="categorical_crossentropy")
-history = model.fit(**fit_data, epochs=2, verbose=0, callbacks=[held.epoch_callback()])
+history = model.fit(held, epochs=2, shuffle=False, verbose=0, callbacks=[held.epoch_callback()])
 print(len(history.history["loss"]), held.epoch)
 """
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import backbones
+import batches
 import train
 from test_backbones import random_pixels, tiny_backbone_encoder
 
@@ -127,8 +128,8 @@ def test_the_checkpoint_holds_the_averaged_weights(tmp_path):
     x = np.random.default_rng(0).random((48, 2), dtype="float32")
     epochs, batch = train.LOOKAHEAD_START_EPOCH + 1, 4
     lookahead = train.Lookahead(steps_per_epoch=len(x) // batch, total_steps=epochs * len(x) // batch)
-    train.fit_resumable(model, x, x.sum(axis=1, keepdims=True), epochs=epochs, batch_size=batch, backup_dir=tmp_path, verbose=0,
-                        weight_callbacks=[lookahead])
+    data = batches.ShardedBatches(x, x.sum(axis=1, keepdims=True), batch, replicas=1)
+    train.fit_resumable(model, data, epochs=epochs, backup_dir=tmp_path, verbose=0, weight_callbacks=[lookahead])
     averaged = [keras.ops.convert_to_numpy(average) for average in lookahead.average]
     np.testing.assert_allclose([keras.ops.convert_to_numpy(weight) for weight in model.weights][0], averaged[0])
     saved = _dense_model()
