@@ -14,6 +14,7 @@ Example:
 """
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -30,6 +31,24 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    @contextlib.contextmanager
+    def exit_statuses(self, usage_errors, kept):
+        """Ends a command's failures with one line and the project's exit status, never a traceback.
+
+        A mistake of the user's (`usage_errors`) exits 2; a write that failed
+        (`rundir.WriteError`: a full disk, a folder that cannot be written) 1;
+        Ctrl-C 130. The last two say what is still on disk, `kept()`, read when
+        the failure happens (so it sees the run folder chosen by then).
+        """
+        try:
+            yield
+        except usage_errors as error:
+            self.error(str(error))
+        except rundir.WriteError as error:
+            self.exit(1, f"{self.prog}: error: {error}; {kept()}\n")
+        except KeyboardInterrupt:
+            self.exit(130, f"{self.prog}: interrupted; {kept()}\n")
 
 
 # The run's own defaults; training settings (epochs, batch size, optimiser, ...) default to the

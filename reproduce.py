@@ -131,17 +131,11 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     out_root = Path(args.out)
-    try:
+    with parser.exit_statuses(CellError, kept=lambda: f"the finished cells in {out_root} are kept: run the same command again to go on"):
         out_root.mkdir(parents=True, exist_ok=True)
         table = results_table(args, run_grid(args, out_root))
         with rundir.atomic_path(out_root / RESULTS_FILE) as temporary:
             temporary.write_text(table)
-    except CellError as error:
-        parser.error(str(error))
-    except rundir.WriteError as error:
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; the finished cells in {out_root} are kept: run the same command again to go on\n")
     print(table)
     return 0
 

@@ -416,19 +416,13 @@ def main(argv=None):
     parser = options.build_parser()
     args = parser.parse_args(argv)
     out = args.out if args.resume else None  # the run folder, once known: for the resume hint
-    try:
+    with parser.exit_statuses(USAGE_ERRORS, kept=lambda: _resume_hint(out)):
         config = _resumed_config(args) if args.resume else prepare(args)
         out = config["out"]
         with rundir.run_lock(out):
             if not args.resume:  # again under the lock: a run that held it may have written the folder
                 rundir.check_out_dir(out, overwrite=args.overwrite)
             run(config, verbose=args.verbose, resume=args.resume)
-    except USAGE_ERRORS as error:
-        parser.error(str(error))
-    except rundir.WriteError as error:
-        parser.exit(1, f"{parser.prog}: error: {error}; {_resume_hint(out)}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; {_resume_hint(out)}\n")
     return 0
 
 

@@ -488,17 +488,10 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "encode":
-            encode(args)
-        else:
-            query(args)
-    except (UsageError, index_file.IndexFileError, data.DataError, rundir.RunDirError) as error:
-        parser.error(str(error))
-    except rundir.WriteError as error:
-        parser.exit(1, f"{parser.prog}: error: {error}; the index is as it was\n")
-    except KeyboardInterrupt:
-        parser.exit(130, f"{parser.prog}: interrupted; the index {args.out if args.command == 'encode' else args.index} is as it was\n")
+    index_path = args.out if args.command == "encode" else args.index
+    usage_errors = (UsageError, index_file.IndexFileError, data.DataError, rundir.RunDirError)
+    with parser.exit_statuses(usage_errors, kept=lambda: f"the index {index_path} is as it was"):
+        (encode if args.command == "encode" else query)(args)
     return 0
 
 
