@@ -196,7 +196,7 @@ class Placement:
             )
 
     def training_batches(self, x, y, batch_size, seed, first_epoch=0):
-        """The training arrays as `train.fit_resumable` takes them, and the number of steps per epoch.
+        """The training arrays as one data set of batches for `train.fit_resumable`, and its steps per epoch.
 
         Every backend gets seeded batch orders that a resumed run continues:
         TensorFlow a `tf.data` pipeline told `first_epoch` (a resumed run's

@@ -488,10 +488,10 @@ def main(argv=None):
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    index_path = args.out if args.command == "encode" else args.index
+    command, index_path = (encode, args.out) if args.command == "encode" else (query, args.index)
     usage_errors = (UsageError, index_file.IndexFileError, data.DataError, rundir.RunDirError)
     with parser.exit_statuses(usage_errors, kept=lambda: f"the index {index_path} is as it was"):
-        (encode if args.command == "encode" else query)(args)
+        command(args)
     return 0
 
 
