@@ -298,10 +298,11 @@ def compiled_model(config, method, input_shape, total_steps, jit_compile="auto")
 
 
 def _trained_model(config, method, x, y, out, verbose, callbacks):
-    """Trains (or resumes training of) the model; returns it, the epochs trained and the seconds spent now.
+    """Trains (or resumes training of) the model; returns it, the epochs trained and the training seconds.
 
-    A run killed after `model.keras` was saved but before it finished skips
-    training when resumed.
+    A resumed run's seconds count the earlier runs' finished epochs too (as their
+    checkpoint recorded them). A run killed after `model.keras` was saved but
+    before it finished skips training when resumed, and reports 0 seconds.
     """
     import keras
 
@@ -335,10 +336,10 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
             models.adapt_to_images(model, x)
         if start_epoch and verbose:
             print(f"resuming from epoch {start_epoch} of {config['epochs']}")
-        started = time.perf_counter()
+        seconds_before, started = train.checkpoint_seconds(backup_dir), time.perf_counter()
         train.fit_resumable(model, training_batches, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks,
                             weight_callbacks=weight_callbacks)
-        seconds = time.perf_counter() - started
+        seconds = seconds_before + time.perf_counter() - started
     models.unsynchronize_batch_norm(model)
     with rundir.atomic_path(model_path) as temporary:
         rundir.no_space(train.checkpoint_bytes(model), out)

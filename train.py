@@ -6,15 +6,19 @@ epoch into the backup folder, each checkpoint written whole under a temporary
 name and renamed into place. A run started again with the same backup folder
 loads the newest complete checkpoint and continues from the epoch after it, so
 a kill, a Ctrl-C or a full disk loses at most the epoch under way, and a
-half-written checkpoint is never loaded.
+half-written checkpoint is never loaded. Each checkpoint also records the
+training seconds spent up to its epoch, so a resumed run's training time counts
+the earlier runs' finished epochs too.
 
 Backend-specific precision sits behind one small seam, `use_mixed_precision_on_gpu`;
 where training runs (devices, data-parallel distribution, processes) is devices.py's.
 """
 
 import re
+import time
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 from keras import ops
@@ -52,6 +56,8 @@ LOOKAHEAD_POWER = 3
 # carries the epoch, so weights and epoch count are always one file, written atomically.
 CHECKPOINT_NAME = "epoch-{epoch:04d}.weights.h5"
 CHECKPOINT_PATTERN = re.compile(r"epoch-(\d+)\.weights\.h5")
+# The checkpoint file's attribute holding the training seconds spent up to its epoch.
+CHECKPOINT_SECONDS_ATTRIBUTE = "train_seconds"
 # Room asked for before a checkpoint is written (`rundir.no_space`): its raw bytes times this,
 # plus this much for HDF5's own structures.
 CHECKPOINT_OVERHEAD = 1.1
@@ -265,6 +271,18 @@ def resumed_epoch(backup_dir):
     return found[-1][0] if found else 0
 
 
+def checkpoint_seconds(backup_dir):
+    """The training seconds spent up to the newest complete checkpoint's epoch, else 0.
+
+    A checkpoint written before this was recorded counts as 0.
+    """
+    found = checkpoints(backup_dir)
+    if not found:
+        return 0.0
+    with h5py.File(found[-1][1], "r") as checkpoint:
+        return float(checkpoint.attrs.get(CHECKPOINT_SECONDS_ATTRIBUTE, 0.0))
+
+
 def restore_checkpoint(model, backup_dir):
     """Loads the newest complete checkpoint (weights and optimiser state) into `model`; returns its epoch, or 0."""
     found = checkpoints(backup_dir)
@@ -343,21 +361,31 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     Each checkpoint is written under a temporary name and renamed (`rundir.atomic_path`), so the
     backup folder holds complete checkpoints only; the older one is removed after the newer is in
-    place. A failed write (a full disk) is a `rundir.WriteError` and leaves the older one.
+    place. A failed write (a full disk) is a `rundir.WriteError` and leaves the older one. Each
+    also records, as an attribute, the training seconds spent up to its epoch (`checkpoint_seconds`).
 
     Args:
         backup_dir: the folder of the checkpoints, made when the first is saved.
+        seconds_before: training seconds spent before this `fit` began (by the
+            runs it resumes). Defaults to 0.
     """
 
-    def __init__(self, backup_dir):
+    def __init__(self, backup_dir, seconds_before=0.0):
         super().__init__()
         self.backup_dir = Path(backup_dir)
+        self.seconds_before = seconds_before
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         self.backup_dir.mkdir(parents=True, exist_ok=True)
         with rundir.atomic_path(self.backup_dir / CHECKPOINT_NAME.format(epoch=epoch + 1)) as temporary:
             rundir.no_space(checkpoint_bytes(self.model), self.backup_dir)
             self.model.save_weights(temporary)
+            with h5py.File(temporary, "a") as checkpoint:
+                checkpoint.attrs[CHECKPOINT_SECONDS_ATTRIBUTE] = self.seconds_before + time.perf_counter() - self.started
         for _, older in checkpoints(self.backup_dir)[:-1]:
             older.unlink(missing_ok=True)
 
@@ -396,6 +424,7 @@ def fit_resumable(model, data, *, epochs, backup_dir, verbose=1, callbacks=(), w
         The `History` of this call (epochs run now only).
     """
     start_epoch = restore_checkpoint(model, backup_dir)
+    checkpoint = EpochCheckpoint(backup_dir, seconds_before=checkpoint_seconds(backup_dir))
     own_callbacks = []
     if hasattr(data, "epoch_callback"):
         own_callbacks.append(data.epoch_callback())
@@ -407,5 +436,5 @@ def fit_resumable(model, data, *, epochs, backup_dir, verbose=1, callbacks=(), w
         initial_epoch=start_epoch,
         shuffle=False,  # the batch order is the data set's own (seeded) choice
         verbose=verbose,
-        callbacks=[*weight_callbacks, EpochCheckpoint(backup_dir), *own_callbacks, *callbacks],
+        callbacks=[*weight_callbacks, checkpoint, *own_callbacks, *callbacks],
     )

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import h5py
 import keras
@@ -206,6 +207,17 @@ class KillAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+class SlowEpochs(keras.callbacks.Callback):
+    """Makes every epoch take at least `seconds` longer, before its checkpoint is written."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_epoch_begin(self, epoch, logs=None):
+        time.sleep(self.seconds)
+
+
 class EpochRecorder(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -215,22 +227,29 @@ class EpochRecorder(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+# Extra seconds slept in each epoch of the run that is killed, so its share of the training time shows.
+KILLED_EPOCH_SECONDS = 3
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_finished_epoch(tiny_tree, tmp_path, capsys):
     out = tmp_path / "killed"
     config = tiny_config(tiny_tree, out, epochs=4, method="dlbhc", code_type=None)
     rundir.check_out_dir(out)
     with pytest.raises(KeyboardInterrupt):
-        retrieval.run(config, verbose=0, callbacks=[KillAfterEpoch(1)])
+        retrieval.run(config, verbose=0, callbacks=[SlowEpochs(KILLED_EPOCH_SECONDS), KillAfterEpoch(1)])
     assert (out / rundir.CONFIG_FILE).is_file() and (out / rundir.BACKUP_DIR).is_dir()
     assert not (out / rundir.METRICS_FILE).exists() and not (out / rundir.MODEL_FILE).exists()
     assert train.resumed_epoch(out / rundir.BACKUP_DIR) == 2
+    seconds_before = train.checkpoint_seconds(out / rundir.BACKUP_DIR)
+    assert seconds_before >= 2 * KILLED_EPOCH_SECONDS
 
     recorder = EpochRecorder()
     metrics = retrieval.run(rundir.read_json(out / rundir.CONFIG_FILE), verbose=1, resume=True, callbacks=[recorder])
     assert "resuming from epoch 2 of 4" in capsys.readouterr().out
     assert recorder.epochs == [2, 3]
     assert metrics["epochs_trained"] == 4 and (out / rundir.METRICS_FILE).is_file()
+    assert metrics["timings"]["train_seconds"] > seconds_before  # the killed run's epochs count too
     assert not (out / rundir.BACKUP_DIR).exists()
 
 
