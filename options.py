@@ -93,7 +93,7 @@ def build_parser():
     add("--classes-per-batch", type=int, default=None, help=f"--method dnnh: P, distinct classes per batch, 2 or more (default: {V.CLASSES_PER_BATCH}, or the number of classes if fewer)")
     add("--images-per-class", type=int, default=None, help=f"--method dnnh: K, images of each class per batch, 2 or more (default: {V.IMAGES_PER_CLASS})")
     add("--schedule", default=None, help=f"learning rate schedule: constant, cosine (5%% linear warm-up, then cosine decay to 0), or triangular (linear from 0.2x up to the peak at 23%% of the steps, then down to 0) (default: the recipe's, {_recipe_defaults('schedule')})")
-    add("--lr", type=float, default=None, help=f"(peak) learning rate (default: the recipe's, {_recipe_defaults('lr')}; none: the optimizer's own, see --optimizer)")
+    add("--lr", type=float, default=None, help=f"(peak) learning rate (default: the recipe's, {_recipe_defaults('lr')}; none: the optimizer's own, see --optimizer; --method dnnh takes the recipe's x P*K / the recipe's batch size)")
     add("--recipe", default=DEFAULTS["recipe"], help=f"where the training settings whose help says 'the recipe's' take their defaults: {', '.join(recipes.RECIPES)}, or auto (the arch's own: speedrun for --arch speedrun, dbr for --arch dbr, classic otherwise); flags given explicitly win; see recipes.py (default: %(default)s)")
     add("--weight-decay", type=float, default=None, help=f"decoupled weight decay of the optimizer, 0 or more (default: the recipe's, {_recipe_defaults('weight_decay')})")
     add("--width", type=int, default=None, help=f"--arch speedrun or resnet: channels of the first stage (speedrun: the later ones have 4x; resnet: each doubles them) (default: the recipe's, {_recipe_defaults('width')})")

@@ -106,6 +106,17 @@ def test_the_speedrun_recipe_trains_end_to_end_and_is_recorded(tiny_tree, tmp_pa
     assert isinstance(encoder.optimizer, train.RateScaleSGD) and encoder.optimizer.norm_bias_lr_scale == 64.0
 
 
+@pytest.mark.slow
+def test_dnnh_trains_at_the_recipe_rate_scaled_to_its_class_batches(tiny_tree, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--data-dir", str(tiny_tree), "-l", "12", "-e", "1", "-s", "0", "--out", str(out), "--width", "8", "--method", "dnnh"]
+    assert retrieval.main(argv) == 0
+    config = rundir.read_json(out / rundir.CONFIG_FILE)
+    small_data = recipes.SMALL_DATA  # 120 tiny images: the recipe's small-data batches and rate
+    assert config["batch_size"] == 16  # 4 classes (all the tiny tree has) x 4 images
+    assert config["lr"] == pytest.approx(small_data["lr"] * 16 / small_data["batch_size"])
+
+
 # --- the speed-run network and optimiser -------------------------------------------------
 
 
