@@ -88,12 +88,17 @@ def test_tta_on_grey_images_is_a_usage_error():
     assert retrieval._resolve_recipe(resolved(), colour=False, train_size=100)["tta"] is False
 
 
+def train_tiny_speedrun(tiny_tree, out, *flags):
+    """Trains the default arch and recipe at width 8 on the tiny tree; returns the run's config."""
+    argv = ["--data-dir", str(tiny_tree), "-l", "12", "-s", "0", "--out", str(out), "--width", "8", *flags]
+    assert retrieval.main(argv) == 0
+    return rundir.read_json(out / rundir.CONFIG_FILE)
+
+
 @pytest.mark.slow
 def test_the_speedrun_recipe_trains_end_to_end_and_is_recorded(tiny_tree, tmp_path):
     out = tmp_path / "run"
-    argv = ["--data-dir", str(tiny_tree), "-l", "12", "-e", "5", "-s", "0", "--out", str(out), "--width", "8", "--batch-size", "24"]
-    assert retrieval.main(argv) == 0
-    config = rundir.read_json(out / rundir.CONFIG_FILE)
+    config = train_tiny_speedrun(tiny_tree, out, "-e", "5", "--batch-size", "24")
     assert (config["recipe"], config["arch"], config["method"], config["schedule"]) == ("speedrun", "speedrun", "dlbhc", "triangular")
     metrics = rundir.read_json(out / rundir.METRICS_FILE)
     assert metrics["recipe"] == "speedrun" and metrics["label_smoothing"] == 0.2
@@ -108,10 +113,7 @@ def test_the_speedrun_recipe_trains_end_to_end_and_is_recorded(tiny_tree, tmp_pa
 
 @pytest.mark.slow
 def test_dnnh_trains_at_the_recipe_rate_scaled_to_its_class_batches(tiny_tree, tmp_path):
-    out = tmp_path / "run"
-    argv = ["--data-dir", str(tiny_tree), "-l", "12", "-e", "1", "-s", "0", "--out", str(out), "--width", "8", "--method", "dnnh"]
-    assert retrieval.main(argv) == 0
-    config = rundir.read_json(out / rundir.CONFIG_FILE)
+    config = train_tiny_speedrun(tiny_tree, tmp_path / "run", "-e", "1", "--method", "dnnh")
     small_data = recipes.SMALL_DATA  # 120 tiny images: the recipe's small-data batches and rate
     assert config["batch_size"] == 16  # 4 classes (all the tiny tree has) x 4 images
     assert config["lr"] == pytest.approx(small_data["lr"] * 16 / small_data["batch_size"])
