@@ -147,7 +147,8 @@ def fill(config, recipe, colour, train_size):
     grey images, whose mirror images are other shapes (a mirrored digit).
 
     Args:
-        config: a resolved run config (`retrieval.resolve_args`).
+        config: a resolved run config (`retrieval.resolve_args`); for `dnnh`, with its P*K
+            `batch_size`, which takes the recipe's rate scaled to it (`rate_for_batch`).
         recipe: a key of `RECIPES`.
         colour: whether the images have three channels.
         train_size: number of training images (`SMALL_DATA` below `SMALL_DATA_IMAGES`;
@@ -172,6 +173,8 @@ def fill(config, recipe, colour, train_size):
     if recipe == SPEEDRUN and (config.get("epochs") or settings["epochs"]) * train_size < SHORT_TRAINING_IMAGES:
         settings.update(SHORT_TRAINING)
     settings.update(METHOD_SETTINGS.get(recipe, {}).get(config["method"], {}))
+    if config["method"] in vocabulary.CLASS_BATCH_METHODS and config.get("batch_size"):  # P*K, resolved by the run
+        settings["lr"] = rate_for_batch(settings["lr"], settings["batch_size"], config["batch_size"])
     if config["arch"] not in vocabulary.WIDTH_ARCHS:
         settings["width"] = None
     if not vocabulary.applies("label_smoothing", config["method"]):

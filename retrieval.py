@@ -64,9 +64,8 @@ def run(config, verbose=1, resume=False, callbacks=()):
     if note:
         log(note)
     devices.start(config)  # before Keras computes anything: joins the processes, picks the devices
-    rate_from_recipe = config["lr"] is None
+    config = _resolve_class_batches(config, train_y, log)  # before the recipe, which scales its rate to them
     config = _resolve_recipe(config, colour=train_x.shape[-1] == 3, train_size=len(train_y))
-    config = _resolve_class_batches(config, train_y, log, rate_from_recipe)
     _check_batches_fit_devices(config)
     timings["data_seconds"] = time.perf_counter() - started
     for folder in (out, out / rundir.BACKUP_DIR):  # what a killed run was writing
@@ -238,12 +237,8 @@ def _check_batches_fit_devices(config):
         placement.check_batch(config["batch_size"])
 
 
-def _resolve_class_batches(config, train_y, log, rate_from_recipe):
-    """For P x K batches (`dnnh`): P (default clipped to the classes present), K checked, batch size P*K.
-
-    A rate the recipe chose (`rate_from_recipe`) was set for the recipe's batches; it is
-    rescaled to P*K images (`recipes.rate_for_batch`). A rate given with `--lr` is kept.
-    """
+def _resolve_class_batches(config, train_y, log):
+    """For P x K batches (`dnnh`): P (default clipped to the classes present), K checked, batch size P*K."""
     if config["method"] not in V.CLASS_BATCH_METHODS:
         return config
     groups = train_y if train_y.ndim == 1 else np.argmax(train_y, axis=1)  # multi-hot: grouped by first label
@@ -257,9 +252,7 @@ def _resolve_class_batches(config, train_y, log, rate_from_recipe):
         raise UsageError(f"--classes-per-batch must be at most the number of classes, {len(class_sizes)}, got {classes_per_batch}")
     if images_per_class > class_sizes.min():
         raise UsageError(f"--images-per-class must be at most the smallest class's {class_sizes.min()} training images, got {images_per_class}")
-    batch_size = int(classes_per_batch * images_per_class)
-    lr = recipes.rate_for_batch(config["lr"], config["batch_size"], batch_size) if rate_from_recipe else config["lr"]
-    return {**config, "classes_per_batch": int(classes_per_batch), "batch_size": batch_size, "lr": lr}
+    return {**config, "classes_per_batch": int(classes_per_batch), "batch_size": int(classes_per_batch * images_per_class)}
 
 
 def method_for(config, num_classes):

@@ -226,20 +226,11 @@ def test_each_method_learns_end_to_end(tiny_tree, tmp_path, method, extra, expec
 
 def test_default_classes_per_batch_is_clipped_with_a_note():
     notes = []
-    config = {"method": "dnnh", "classes_per_batch": None, "images_per_class": 4, "batch_size": None, "lr": None}
-    resolved = retrieval._resolve_class_batches(config, np.repeat(np.arange(4), 5), notes.append, rate_from_recipe=False)
+    config = {"method": "dnnh", "classes_per_batch": None, "images_per_class": 4, "batch_size": None}
+    resolved = retrieval._resolve_class_batches(config, np.repeat(np.arange(4), 5), notes.append)
     assert resolved["classes_per_batch"] == 4 and resolved["batch_size"] == 16
     assert notes == ["note: --classes-per-batch 8 clipped to the number of classes, 4"]
-    assert retrieval._resolve_class_batches(resolved, np.repeat(np.arange(4), 5), notes.append, rate_from_recipe=False) == resolved  # a resumed run's
-
-
-def test_a_recipe_rate_is_rescaled_to_the_class_batches_and_a_given_rate_kept():
-    config = {"method": "dnnh", "classes_per_batch": None, "images_per_class": 4, "batch_size": 1000, "lr": 1.0}
-    labels = np.repeat(np.arange(10), 5)
-    from_recipe = retrieval._resolve_class_batches(config, labels, print, rate_from_recipe=True)
-    assert from_recipe["batch_size"] == 32 and from_recipe["lr"] == pytest.approx(1.0 * 32 / 1000)
-    assert retrieval._resolve_class_batches(config, labels, print, rate_from_recipe=False)["lr"] == 1.0
-    assert retrieval._resolve_class_batches({**config, "lr": None}, labels, print, rate_from_recipe=True)["lr"] is None
+    assert retrieval._resolve_class_batches(resolved, np.repeat(np.arange(4), 5), notes.append) == resolved  # a resumed run's
 
 
 def test_class_batch_sizes_checked_against_the_data_exit_2(capsys, tmp_path, tiny_tree):

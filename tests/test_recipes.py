@@ -111,6 +111,13 @@ def test_the_speedrun_recipe_trains_end_to_end_and_is_recorded(tiny_tree, tmp_pa
     assert isinstance(encoder.optimizer, train.RateScaleSGD) and encoder.optimizer.norm_bias_lr_scale == 64.0
 
 
+def test_a_recipe_rate_is_rescaled_to_the_class_batches_and_a_given_rate_kept():
+    class_batches = {**resolved("--method", "dnnh"), "classes_per_batch": 8, "batch_size": 32}  # as the run resolves them
+    assert recipes.fill(class_batches, "speedrun", colour=True, train_size=50_000)["lr"] == pytest.approx(1.0 * 32 / 1000)
+    assert recipes.fill({**class_batches, "lr": 1.0}, "speedrun", colour=True, train_size=50_000)["lr"] == 1.0
+    assert recipes.fill(class_batches, "classic", colour=True, train_size=50_000)["lr"] is None
+
+
 @pytest.mark.slow
 def test_dnnh_trains_at_the_recipe_rate_scaled_to_its_class_batches(tiny_tree, tmp_path):
     config = train_tiny_speedrun(tiny_tree, tmp_path / "run", "-e", "1", "--method", "dnnh")
