@@ -99,7 +99,8 @@ def build_parser():
     add("--width", type=int, default=None, help=f"--arch speedrun or resnet: channels of the first stage (speedrun: the later ones have 4x; resnet: each doubles them) (default: the recipe's, {_recipe_defaults('width')})")
     add("--augment", default=None, help=f"training-time augmentation inside the model: none, flip (colour images mirrored), crop-flip (also shifted up to 1/8 of the side), light-crop-flip (shifted up to 1/16) (default: the recipe's, {_recipe_defaults('augment')}; none: flip, none for --arch dbr)")
     add("--label-smoothing", type=float, default=None, help=f"--method dlbhc: label smoothing of the cross-entropy, in [0, 1) (default: the recipe's, {_recipe_defaults('label_smoothing')})")
-    add("--tta", action=argparse.BooleanOptionalAction, default=None, help=f"encode each colour image as the mean of its own and its mirror image's latent activations (flip test-time augmentation) (default: the recipe's, {_recipe_defaults('tta')})")
+    add("--tta", default=None, help=f"test-time augmentation of colour images: none, flip (each code from the mean of the image's and its mirror image's latent activations), or flip-shift (that mean also over copies shifted by a pixel, airbench's multi-crop) (default: the recipe's, {_recipe_defaults('tta')})")
+    add("--no-tta", dest="tta", action="store_const", const=V.NO_TTA, help="--tta none")
     add("--norm-bias-lr-scale", type=float, default=None, help=f"learning rate of the batch norm biases as a multiple of the rest's, positive (default: the recipe's, {_recipe_defaults('norm_bias_lr_scale')}; none: 1)")
     add("--weight-averaging", action=argparse.BooleanOptionalAction, default=None, help=f"lookahead, the speed-runs' weight averaging: from the 4th epoch, every 5 steps the weights move into a running average and training continues from it (default: the recipe's, {_recipe_defaults('weight_averaging')})")
     add("--loss-scale", type=float, default=None, help=f"factor on the method's loss, positive: what a method needs of its own under a recipe's learning rate (default: the recipe's, {_recipe_defaults('loss_scale')}; recipes.METHOD_SETTINGS)")
@@ -282,6 +283,8 @@ def _check_training_options(args):
             raise UsageError(f"--width must be at least 1, got {args.width}")
     if args.augment is not None:
         _check_choice("--augment", args.augment, V.AUGMENTATIONS)
+    if args.tta is not None:
+        _check_choice("--tta", args.tta, V.TTA_MODES)
     for flag, value in (("--norm-bias-lr-scale", args.norm_bias_lr_scale), ("--loss-scale", args.loss_scale)):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be positive, got {value}")

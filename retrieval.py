@@ -89,7 +89,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
     model, trained_epochs, timings["train_seconds"] = _trained_model(config, method, train_x, train_y, out, verbose, callbacks)
 
     started = time.perf_counter()
-    db_latent, query_latent, query_accuracy = encode_split(models.scoring_model(model), db_x, query_x, query_y, config.get("tta", False))
+    db_latent, query_latent, query_accuracy = encode_split(models.scoring_model(model), db_x, query_x, query_y, config.get("tta", V.NO_TTA))
     db_bits, query_bits = models.binarise(db_latent), models.binarise(query_latent)
     timings["encode_seconds"] = time.perf_counter() - started
     rundir.write_codes(out / rundir.CODES_FILE, db_bits, query_bits, db_y, query_y, split)
@@ -222,7 +222,7 @@ def _overrides(config):
 
 def _resolve_recipe(config, colour, train_size):
     """Fills the training settings the flags left unset from the run's recipe (`auto`: the arch's own)."""
-    if config.get("tta") and not colour:
+    if V.tta_mode(config.get("tta")) != V.NO_TTA and not colour:
         raise UsageError("--tta averages each image with its mirror image: it applies to colour images only")
     return recipes.fill(config, recipes.choose(config["recipe"], config["arch"]), colour, train_size)
 
@@ -352,7 +352,7 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
 def encode_split(scorer, db_x, query_x, query_y, tta):
     """Latent activations of database and queries, and the queries' accuracy where the model classifies.
 
-    `scorer` is a `models.scoring_model`; `tta` averages each image with its mirror image's.
+    `scorer` is a `models.scoring_model`; `tta`, a mode of `vocabulary.TTA_MODES`, averages each image's outputs over its views.
     """
     import models
 

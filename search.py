@@ -67,7 +67,7 @@ def build_parser():
     add("--split", default="train", choices=SPLITS, help="--dataset: the split to encode (default: %(default)s)")
     add("--folder-labels", action="store_true", help="--images: label each image by the name of its folder (enables green/red borders)")
     add("--features", default="none", choices=FEATURE_CHOICES, help="float16 features stored for --rerank: the latent activations, or the layer before them (default: %(default)s)")
-    add("--tta", action="store_true", help="flip test-time augmentation, colour images only: each code from the mean of the image's and its mirror image's latent activations, as retrieval.py --tta; image queries against the index then do the same")
+    add("--tta", default=vocabulary.NO_TTA, choices=vocabulary.TTA_MODES, help="test-time augmentation, colour images only, as retrieval.py --tta: flip (each code from the mean of the image's and its mirror image's latent activations) or flip-shift (also of copies shifted by a pixel); image queries against the index then do the same (default: %(default)s)")
     add("--append", action="store_true", help="add the items to the existing index --out (same model, same source, same --tta)")
 
     query = commands.add_parser("query", help="search an index by image or by the id of an indexed item")
@@ -123,7 +123,7 @@ def _encode_into(out, args):
         data.check_data_dir(args.data_dir, args.dataset)
 
     encoder, fingerprint, features_model = _load_encoder(args.model, args.features)
-    if args.tta and _channels(encoder) != 3:
+    if args.tta != vocabulary.NO_TTA and _channels(encoder) != 3:
         raise UsageError("--tta averages each image with its mirror image: it applies to models of colour images only")
     bits = encoder.output_shape[-1]
     if previous is not None:
@@ -131,14 +131,14 @@ def _encode_into(out, args):
             raise UsageError(f"--append: the index {out} holds {previous.bits}-bit codes; this model makes {bits}-bit codes")
         if fingerprint != previous.model_fingerprint:
             raise UsageError(f"--append: the index {out} was made by another model; encode a new index instead")
-        if bool(previous.attrs.get("tta")) != args.tta:
-            raise UsageError(f"--append: the index {out} was encoded {'with' if previous.attrs.get('tta') else 'without'} --tta; append {'with' if previous.attrs.get('tta') else 'without'} it too")
+        if (encoded_with := vocabulary.tta_mode(previous.attrs.get("tta"))) != args.tta:
+            raise UsageError(f"--append: the index {out} was encoded with --tta {encoded_with}; append with it too")
     if args.images is not None:
         ids, images, labels, attrs = _folder_items(args.images, files, _input_size(encoder), _channels(encoder), args.folder_labels)
     else:
         ids, images, labels, attrs = _dataset_items(args.dataset, args.data_dir, args.split, encoder)
     codes, features = _encode_images(encoder, features_model, images, args.tta)
-    attrs.update({"features_layer": None if args.features == "none" else args.features, "tta": int(args.tta)})
+    attrs.update({"features_layer": None if args.features == "none" else args.features, "tta": args.tta})
     if previous is None:
         index_file.write_index(out, codes, ids, bits, fingerprint, labels=labels, features=features, attrs=attrs)
         total = len(ids)
@@ -223,7 +223,7 @@ def _load_dataset(name, data_dir):
 
 
 def _encode_images(encoder, features_model, images, tta):
-    """Packed codes and (optionally) float16 features of uint8 images `[n, h, w, c]`, mirrored too with `tta`."""
+    """Packed codes and (optionally) float16 features of uint8 images `[n, h, w, c]`, augmented as the mode `tta` says."""
     import evaluate
     import models
 
@@ -332,7 +332,7 @@ def query(args):
         size, channels = _input_size(encoder), _channels(encoder)
         query_images = np.stack([_as_channels(own_images.decode_image(image, size), channels) for image in args.images])
         query_codes, query_features = _encode_queries(
-            encoder, features_model if args.rerank is not None else None, query_images, bool(index.attrs.get("tta"))
+            encoder, features_model if args.rerank is not None else None, query_images, vocabulary.tta_mode(index.attrs.get("tta"))
         )
         query_names = list(args.images)
 
@@ -363,7 +363,7 @@ def make_engine(name, db_codes, bits):
 
 
 def _encode_queries(encoder, features_model, images, tta):
-    """Codes (and features) of a few query images, encoded as the index was (`tta`: with their mirror images)."""
+    """Codes (and features) of a few query images, encoded as the index was (`tta`: its test-time augmentation mode)."""
     import keras
 
     import evaluate
@@ -373,7 +373,8 @@ def _encode_queries(encoder, features_model, images, tta):
         def outputs_of(batch):
             return [np.asarray(output) for output in keras.tree.flatten(model([batch], training=False))]
 
-        return models.average_with_mirror(outputs_of, images) if tta else outputs_of(images)
+        views = models.TTA_VIEWS[tta]
+        return models.average_views(outputs_of, images, views) if views else outputs_of(images)
 
     if features_model is None:
         (latent,), features = outputs(encoder), None

@@ -32,6 +32,11 @@ MIN_BITS, MAX_BITS = 8, 256
 DEFAULT_BITS = 48
 BIT_THRESHOLD = 0.5  # a code bit is 1 where its latent sigmoid activation is above this
 ENCODE_BATCH_SIZE = 512  # images per step when encoding a database or queries
+# Test-time augmentation of colour images (models.TTA_VIEWS): none; "flip", each image's code
+# from the mean of its own and its mirror image's latent activations; "flip-shift", that mean
+# also over copies shifted by one pixel (airbench's multi-crop TTA).
+NO_TTA = "none"
+TTA_MODES = (NO_TTA, "flip", "flip-shift")
 
 # --- methods (methods.py) ----------------------------------------------------------------------
 
@@ -65,6 +70,17 @@ SCHEDULES = ("constant", "cosine", "triangular")
 # --- search (engines.py) -----------------------------------------------------------------------
 
 ENGINES = ("exact", "faiss", "faiss-ivf", "faiss-mih", "backend")
+
+
+def tta_mode(value):
+    """The TTA mode a config or index holds: a name of `TTA_MODES`, or the on/off of files written before there were several.
+
+    >>> tta_mode(True), tta_mode(0), tta_mode("flip-shift")
+    ('flip', 'none', 'flip-shift')
+    """
+    if isinstance(value, str):
+        return value
+    return "flip" if value else NO_TTA
 
 
 def applies(option, method):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import options  # noqa: E402  (after the path: the bench runs from anywhere)
+import vocabulary  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 # Each trick of the speed-run recipe and the flags that take it away (or, for the network, swap
@@ -85,11 +86,11 @@ def run_bench(label, flags, out_dir, timeout):
 
 
 def run_tta_bench(out_dir, timeout):
-    """The full recipe's model encoded without its flip TTA."""
+    """The full recipe's model encoded without test-time augmentation."""
     command = [sys.executable, str(BENCH / "tta_bench.py"), str(run_dir(out_dir, BASELINE))]
     report = json.loads(run(TTA, command, timeout, capture=True).strip().splitlines()[-1])
-    key = next(key for key in report["plain"] if key.startswith("mAP@"))
-    return record(out_dir, {"label": TTA, "flags": ["--no-tta"], "mAP": report["plain"][key], "k": key.split("@")[1], "train_seconds": None})
+    key = next(key for key in report[vocabulary.NO_TTA] if key.startswith("mAP@"))
+    return record(out_dir, {"label": TTA, "flags": ["--no-tta"], "mAP": report[vocabulary.NO_TTA][key], "k": key.split("@")[1], "train_seconds": None})
 
 
 def run(label, command, timeout, capture=False):

@@ -1,10 +1,11 @@
-"""What flip test-time augmentation buys a trained model: mAP with and without it, and its encoding cost.
+"""What test-time augmentation buys a trained model: mAP under each mode, and its encoding cost.
 
     python bench/tta_bench.py runs/RUN [--val-size N]
 
-re-encodes the run's database and queries with its `model.keras`, once plainly
-and once as the mean of each image's and its mirror image's latent activations
-(`retrieval.py --tta`), and scores both by mAP@k and precision@k under the run's
+re-encodes the run's database and queries with its `model.keras` under every
+mode of `retrieval.py --tta` (none; flip, the mean of each image's and its
+mirror image's latent activations; flip-shift, that mean also over copies
+shifted by a pixel), and scores each by mAP@k and precision@k under the run's
 own split. `--val-size N` scores held-out training images instead of the
 run's queries, for a decision that must not look at the test queries. The run
 is read as `retrieval.py --model-from RUN` reads it, so a split whose training
@@ -24,6 +25,7 @@ import options
 import protocols
 import retrieval  # noqa: E402  (after the path: the bench runs from anywhere)
 import rundir  # noqa: E402
+import vocabulary  # noqa: E402
 
 
 def main(argv=None):
@@ -58,7 +60,7 @@ def model_config(run, val_size):
 
 
 def measure(config, model_path):
-    """Scores the model's codes with and without flip TTA; returns the report."""
+    """Scores the model's codes under each TTA mode (`vocabulary.TTA_MODES`); returns the report."""
     import keras
 
     import evaluate
@@ -73,12 +75,12 @@ def measure(config, model_path):
     scorer = models.scoring_model(keras.saving.load_model(model_path))
     report = {"model": str(model_path), "num_queries": len(arrays.query_y), "num_database": len(arrays.db_y),
               "query_source": "validation" if config.get("val_size") else "test"}
-    for tta in (False, True):
+    for tta in vocabulary.TTA_MODES:
         started = time.perf_counter()
         db_latent, query_latent, accuracy = retrieval.encode_split(scorer, arrays.db_x, arrays.query_x, arrays.query_y, tta=tta)
         encode_seconds = time.perf_counter() - started
         scores = evaluate.evaluate_retrieval(models.binarise(query_latent), arrays.query_y, models.binarise(db_latent), arrays.db_y, top)
-        report["tta" if tta else "plain"] = {
+        report[tta] = {
             f"mAP@{top}": round(scores["mAP"], 4), f"precision@{top}": round(scores["precision"], 4),
             **({"accuracy": round(accuracy, 4)} if accuracy is not None else {}), "encode_seconds": round(encode_seconds, 1),
         }

@@ -57,16 +57,17 @@ def test_train_bench_refuses_bad_flags_with_exit_2(capsys, argv, message):
 
 
 @pytest.mark.slow
-def test_tta_bench_scores_a_finished_run_with_and_without_flips(tiny_tree, tmp_path, capsys):
+def test_tta_bench_scores_a_finished_run_under_each_tta_mode(tiny_tree, tmp_path, capsys):
     out = tmp_path / "run"
     assert retrieval.main(tiny_argv(tiny_tree, out, "-e", "1", "-q", "20", "-t", "50")) == 0
     tta_bench = load_bench("tta_bench")
     capsys.readouterr()
     assert tta_bench.main([str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
-    # Without flips, the bench reproduces the run's own score, on its own 20 queries and k.
-    assert report["plain"]["mAP@50"] == pytest.approx(rundir.read_json(out / rundir.METRICS_FILE)["mAP@50"], abs=1e-4)
-    assert 0 <= report["tta"]["mAP@50"] <= 1 and report["query_source"] == "test" and report["num_queries"] == 20
+    # Without TTA, the run's own mode (--arch dbr), the bench reproduces its score, on its own 20 queries and k.
+    assert report["none"]["mAP@50"] == pytest.approx(rundir.read_json(out / rundir.METRICS_FILE)["mAP@50"], abs=1e-4)
+    assert all(0 <= report[mode]["mAP@50"] <= 1 for mode in ("flip", "flip-shift"))
+    assert report["query_source"] == "test" and report["num_queries"] == 20
     # Held-out queries the run was not held out from would include images it trained on.
     fails_with(capsys, [str(out), "--val-size", "40"], "trained on other images", main=tta_bench.main)
     fails_with(capsys, [str(out), "--val-size", "0"], "--val-size must be at least 1", main=tta_bench.main)

@@ -136,15 +136,26 @@ def test_flip_tta_averages_an_image_and_its_mirror_image():
     images = np.array([[[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]]]], "float32")
     # Left column only: 1 + 4 = 5 plain, 3 + 6 = 9 mirrored; the mean is 7.
     assert models.predict(left_weighted, images, 8)[0, 0] == pytest.approx(5.0)
-    assert models.predict_with_flips(left_weighted, images, 8)[0, 0] == pytest.approx(7.0)
+    assert models.encode(left_weighted, images, "flip", 8)[0, 0] == pytest.approx(7.0)
+    assert models.encode(left_weighted, images, True, 8)[0, 0] == pytest.approx(7.0)  # a config written before the modes
 
 
-def test_flip_tta_mirrors_in_chunks_with_the_same_result(monkeypatch):
+def test_flip_shift_tta_adds_the_one_pixel_shifts_at_a_quarter_each():
+    inputs = keras.Input((3, 3, 1))
+    top_left = keras.Model(inputs, keras.layers.Flatten()(inputs)[:, :1])
+    images = np.arange(9, dtype="float32").reshape(1, 3, 3, 1)  # rows 0 1 2 / 3 4 5 / 6 7 8
+    # Top-left pixel: plain 0, mirrored 2 (mean 1); shifted down-right, reflected: 4, mirrored 4
+    # (mean 4); shifted up-left: 4, mirrored 4 (mean 4). Weighted: 0.5 * 1 + 0.25 * 4 + 0.25 * 4 = 2.5.
+    assert models.encode(top_left, images, "flip-shift", 8)[0, 0] == pytest.approx(2.5)
+    assert models.encode(top_left, images, "none", 8)[0, 0] == pytest.approx(0.0)
+
+
+def test_tta_augments_in_chunks_with_the_same_result(monkeypatch):
     encoder = models.build_encoder("dbr", (16, 16, 3), 8)
     images = np.random.default_rng(0).integers(0, 255, size=(10, 16, 16, 3)).astype("uint8")
-    whole = models.predict_with_flips(encoder, images, 4)
+    whole = models.encode(encoder, images, "flip-shift", 4)
     monkeypatch.setattr(models, "TTA_CHUNK", 3)  # 4 chunks, the last of 1 image
-    np.testing.assert_allclose(models.predict_with_flips(encoder, images, 4), whole, rtol=1e-6)
+    np.testing.assert_allclose(models.encode(encoder, images, "flip-shift", 4), whole, rtol=1e-6)
     assert whole.shape == (10, 8)
 
 

@@ -35,7 +35,7 @@ def test_auto_is_the_archs_own_recipe():
 def test_a_recipe_fills_only_unset_settings():
     config = recipes.fill(resolved("-e", "3", "--batch-size", "64"), "speedrun", colour=True, train_size=50_000)
     assert (config["epochs"], config["batch_size"]) == (3, 64)  # given: kept
-    assert (config["lr"], config["width"], config["schedule"], config["tta"]) == (1.0, 32, "triangular", True)
+    assert (config["lr"], config["width"], config["schedule"], config["tta"]) == (1.0, 32, "triangular", "flip-shift")
     assert (config["norm_bias_lr_scale"], config["weight_averaging"], config["label_smoothing"]) == (64.0, False, 0.2)
     assert config["recipe"] == "speedrun"
 
@@ -71,7 +71,7 @@ def test_each_method_takes_its_own_loss_scale_from_the_recipe():
 
 def test_the_dbr_recipe_keeps_deepbinaryrepres_settings():
     config = recipes.fill(resolved("--arch", "dbr"), "dbr", colour=True, train_size=50_000)
-    expected = {"epochs": 20, "batch_size": 32, "optimizer": "adadelta", "lr": None, "schedule": "constant", "augment": "none", "tta": False}
+    expected = {"epochs": 20, "batch_size": 32, "optimizer": "adadelta", "lr": None, "schedule": "constant", "augment": "none", "tta": "none"}
     assert {key: config[key] for key in expected} == expected
 
 
@@ -79,13 +79,26 @@ def test_settings_that_do_not_apply_stay_unset():
     config = recipes.fill(resolved("--arch", "dbr", "--method", "dbr"), "speedrun", colour=False, train_size=50_000)
     assert config["width"] is None  # no width to set
     assert config["label_smoothing"] is None  # not dlbhc
-    assert config["tta"] is False  # grey images are not mirrored
+    assert config["tta"] == "none"  # grey images are not mirrored
 
 
 def test_tta_on_grey_images_is_a_usage_error():
     with pytest.raises(options.UsageError, match="--tta averages each image with its mirror image: it applies to colour images only"):
-        retrieval._resolve_recipe(resolved("--tta"), colour=False, train_size=100)
-    assert retrieval._resolve_recipe(resolved(), colour=False, train_size=100)["tta"] is False
+        retrieval._resolve_recipe(resolved("--tta", "flip"), colour=False, train_size=100)
+    assert retrieval._resolve_recipe(resolved(), colour=False, train_size=100)["tta"] == "none"
+    assert retrieval._resolve_recipe(resolved("--no-tta"), colour=True, train_size=100)["tta"] == "none"
+
+
+def test_small_and_short_trainings_encode_with_flips_only():
+    small = recipes.fill(resolved(), "speedrun", colour=True, train_size=5000)
+    short = recipes.fill(resolved("-e", "1"), "speedrun", colour=True, train_size=50_000)
+    assert small["tta"] == short["tta"] == "flip"
+    assert recipes.fill(resolved("--tta", "flip-shift"), "speedrun", colour=True, train_size=5000)["tta"] == "flip-shift"
+
+
+def test_an_unknown_tta_mode_is_a_usage_error():
+    with pytest.raises(options.UsageError, match="--tta must be one of none, flip, flip-shift, got 'crops'"):
+        options.resolve_args(options.build_parser().parse_args(["--tta", "crops"]))
 
 
 def train_tiny_speedrun(tiny_tree, out, *flags):

@@ -143,8 +143,8 @@ def test_append_adds_images_and_refuses_other_models(capsys, tiny_tree, models_d
     _fails(capsys, ["encode", "--model", models_dir["other"], "--images", str(folder), "--out", str(out), "--append"], "made by another model")
     _fails(capsys, ["encode", "--model", models_dir["wide"], "--images", str(folder), "--out", str(out), "--append"], "holds 12-bit codes; this model makes 16-bit")
     _fails(capsys, ["encode", "--model", models_dir["model"], "--images", str(folder), "--out", str(out)], "pass --append")
-    _fails(capsys, ["encode", "--model", models_dir["model"], "--images", str(folder), "--out", str(out), "--append", "--tta"],
-           "was encoded without --tta; append without it too")
+    _fails(capsys, ["encode", "--model", models_dir["model"], "--images", str(folder), "--out", str(out), "--append", "--tta", "flip"],
+           "was encoded with --tta none; append with it too")
     assert out.read_bytes() == before
     # The folder now holds the indexed circles again: appending them twice is refused, so append a new folder.
     shutil.rmtree(folder / "circle")
@@ -230,20 +230,20 @@ def test_missing_slots_of_approximate_engines_are_dropped(capsys, built_index, m
     assert [row["id"] for row in report["queries"][0]["results"]] == ["circle/005.png"]
 
 
-def test_tta_index_holds_flip_averaged_codes_and_image_queries_match_them(capsys, models_dir, tiny_tree, tmp_path):
+def test_tta_index_holds_augmented_codes_and_image_queries_match_them(capsys, models_dir, tiny_tree, tmp_path):
     import keras
 
     import models
 
     path = tmp_path / "tta.h5"
-    assert search.main(["encode", "--model", models_dir["model"], "--images", str(tiny_tree / "test"), "--out", str(path), "--tta"]) == 0
+    assert search.main(["encode", "--model", models_dir["model"], "--images", str(tiny_tree / "test"), "--out", str(path), "--tta", "flip-shift"]) == 0
     index = index_file.read_index(path)
-    assert index.attrs["tta"] == 1
+    assert index.attrs["tta"] == "flip-shift"
     images = np.stack([np.asarray(Image.open(tiny_tree / "test" / item)) for item in index.ids()])
-    latent = models.predict_with_flips(keras.saving.load_model(models_dir["model"]), images, 64)
+    latent = models.encode(keras.saving.load_model(models_dir["model"]), images, "flip-shift", 64)
     np.testing.assert_array_equal(index.codes, evaluate.pack_bits(latent > models.BIT_THRESHOLD))
-    plain = search._encode_queries(keras.saving.load_model(models_dir["model"]), None, images[:4], tta=False)[0]
-    assert not np.array_equal(plain, index.codes[:4])  # mirroring changed some codes of this untrained model
+    plain = search._encode_queries(keras.saving.load_model(models_dir["model"]), None, images, tta="none")[0]
+    assert not np.array_equal(plain, index.codes)  # augmenting changed some codes of this untrained model
     report = _query_json(capsys, "--index", str(path), "--model", models_dir["model"], str(tiny_tree / "test" / "circle" / "001.png"), "-k", "1")
     assert report["queries"][0]["results"][0]["distance"] == 0  # the query is encoded as the index was
 
