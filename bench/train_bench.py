@@ -5,7 +5,7 @@
 trains exactly what `retrieval.py` would with the same flags (any of its flags
 may follow; by default the `speedrun` recipe) and, after every
 epoch (or every `--eval-every` epochs), encodes the database and queries and scores mAP@1000 (with the run's
-flip test-time augmentation when it has it). Per epoch it prints:
+test-time augmentation, `--tta`). Per epoch it prints:
 
 - the epoch's wall seconds of training, and images per second. The first
   epoch's first step (and its last, if smaller) holds the tracing and XLA
@@ -146,7 +146,7 @@ def epoch_probe(arrays, top, out, eval_every):
         arrays: the run's `retrieval.Arrays`.
         top: k of mAP@k.
         out: the run folder (its `config.json`, written before training, has the
-            recipe's settings: batch size, seed, flip TTA).
+            recipe's settings: batch size, seed, TTA mode).
         eval_every: score after every this many epochs, and after the last.
     """
     import keras

@@ -70,7 +70,7 @@ def measure(config, model_path):
 
     arrays = retrieval.load_arrays(config)
     if arrays.train_x.shape[-1] != 3:
-        raise options.UsageError("flip test-time augmentation applies to colour images only; this run's are grey")
+        raise options.UsageError("test-time augmentation applies to colour images only; this run's are grey")
     top = protocols.resolve_top(config.get("top"), len(arrays.db_y), arrays.split.top)[0]
     scorer = models.scoring_model(keras.saving.load_model(model_path))
     report = {"model": str(model_path), "num_queries": len(arrays.query_y), "num_database": len(arrays.db_y),
