@@ -216,6 +216,8 @@ def predict_with_views(model, images, views, batch_size):
 def average_views(outputs_of, images, views):
     """The weighted mean of `outputs_of` over `views` (`TTA_VIEWS` entries) of `images`, each with its mirror image.
 
+    No views (the mode `none`): `outputs_of(images)` itself.
+
     >>> images = np.arange(2 * 3 * 3 * 1, dtype="uint8").reshape(2, 3, 3, 1)
     >>> row_means = lambda batch: batch.mean(axis=(2, 3))  # unchanged by mirroring
     >>> average_views(row_means, images, TTA_VIEWS["flip"])[0].tolist()
@@ -223,6 +225,8 @@ def average_views(outputs_of, images, views):
     >>> average_views(row_means, images, [((1, 0), 1.0)])[0].tolist()  # one row down: the top row reflected
     [4.0, 1.0, 4.0]
     """
+    if not views:
+        return outputs_of(images)
     weighted = [
         keras.tree.map_structure(lambda output: weight * np.asarray(output), average_with_mirror(outputs_of, shifted(images, shift)))
         for shift, weight in views

@@ -373,8 +373,7 @@ def _encode_queries(encoder, features_model, images, tta):
         def outputs_of(batch):
             return [np.asarray(output) for output in keras.tree.flatten(model([batch], training=False))]
 
-        views = models.TTA_VIEWS[tta]
-        return models.average_views(outputs_of, images, views) if views else outputs_of(images)
+        return models.average_views(outputs_of, images, models.TTA_VIEWS[tta])
 
     if features_model is None:
         (latent,), features = outputs(encoder), None
