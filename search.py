@@ -45,6 +45,7 @@ DECODE_CHUNK = 2048  # folder images decoded and encoded this many at a time, bo
 GRID_IMAGE_SIZE = 96  # pixels, the side of each folder image drawn in the grid
 DATASET_ORDER_SEED = 0  # the seed of the order `encode --dataset` stores a dataset in
 FALLBACK_INPUT_SIZE = data.DEFAULT_IMAGE_SIZE  # for a model whose input size is not fixed
+TTA_ATTR = "tta"  # the index attribute holding the test-time augmentation mode of its codes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -131,14 +132,14 @@ def _encode_into(out, args):
             raise UsageError(f"--append: the index {out} holds {previous.bits}-bit codes; this model makes {bits}-bit codes")
         if fingerprint != previous.model_fingerprint:
             raise UsageError(f"--append: the index {out} was made by another model; encode a new index instead")
-        if (encoded_with := vocabulary.tta_mode(previous.attrs.get("tta"))) != args.tta:
+        if (encoded_with := index_tta(previous)) != args.tta:
             raise UsageError(f"--append: the index {out} was encoded with --tta {encoded_with}; append with it too")
     if args.images is not None:
         ids, images, labels, attrs = _folder_items(args.images, files, _input_size(encoder), _channels(encoder), args.folder_labels)
     else:
         ids, images, labels, attrs = _dataset_items(args.dataset, args.data_dir, args.split, encoder)
     codes, features = _encode_images(encoder, features_model, images, args.tta)
-    attrs.update({"features_layer": None if args.features == "none" else args.features, "tta": args.tta})
+    attrs.update({"features_layer": None if args.features == "none" else args.features, TTA_ATTR: args.tta})
     if previous is None:
         index_file.write_index(out, codes, ids, bits, fingerprint, labels=labels, features=features, attrs=attrs)
         total = len(ids)
@@ -269,6 +270,14 @@ def _input_size(encoder):
     return _input_size_pair(encoder)[0]
 
 
+def index_tta(index):
+    """The test-time augmentation mode an index's codes were encoded with, so its image queries match them.
+
+    Indexes written before there were several modes hold 1 or 0 (`vocabulary.tta_mode`).
+    """
+    return vocabulary.tta_mode(index.attrs.get(TTA_ATTR))
+
+
 def _channels(encoder):
     return encoder.input_shape[-1] or 3
 
@@ -332,7 +341,7 @@ def query(args):
         size, channels = _input_size(encoder), _channels(encoder)
         query_images = np.stack([_as_channels(own_images.decode_image(image, size), channels) for image in args.images])
         query_codes, query_features = _encode_queries(
-            encoder, features_model if args.rerank is not None else None, query_images, vocabulary.tta_mode(index.attrs.get("tta"))
+            encoder, features_model if args.rerank is not None else None, query_images, index_tta(index)
         )
         query_names = list(args.images)
 

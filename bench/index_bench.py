@@ -67,7 +67,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import options  # noqa: E402  (after the path: the bench runs from anywhere)
-import vocabulary  # noqa: E402
 
 SEARCH_PY = REPO_ROOT / "search.py"
 DEFAULT_SIZES = [1_000_000]
@@ -342,7 +341,7 @@ def encode_queries(index, model, images):
     import search
 
     encoder, _, features_model = search._load_encoder(str(model), index.attrs.get("features_layer", "latent"))
-    tta = vocabulary.tta_mode(index.attrs.get("tta"))
+    tta = search.index_tta(index)
     parts = [search._encode_queries(encoder, features_model, images[start : start + QUERY_ENCODE_BATCH], tta)
              for start in range(0, len(images), QUERY_ENCODE_BATCH)]
     return np.concatenate([codes for codes, _ in parts]), np.concatenate([features for _, features in parts])
