@@ -157,6 +157,44 @@ def test_unreadable_archive(tmp_path, monkeypatch):
         data.check_data_dir(archive)
 
 
+def test_archive_listing_is_cached(tmp_path, monkeypatch, cache_in_tmp):
+    """A second check of an archive reads its member list from the cache, without decompressing it."""
+    archive = write_tar(tmp_path / "tiny.tar.gz", write_image_tree(tmp_path / "copy"), "tiny")
+    listing = offline.open_source(archive).listing
+    assert len(list(cache_in_tmp.glob(f"{offline.LISTING_SLUG}-*.npz"))) == 1
+
+    def no_decompressing(self, wanted):
+        raise AssertionError("the archive was decompressed again")
+
+    monkeypatch.setattr(offline._ArchiveSource, "_members", no_decompressing)
+    assert offline.open_source(archive).listing == listing
+    assert data.check_data_dir(archive) == data.IMAGE_FOLDERS
+
+
+def test_changed_archive_is_listed_again(tmp_path):
+    copy = write_image_tree(tmp_path / "copy")
+    archive = write_tar(tmp_path / "tiny.tar.gz", copy, "tiny")
+    assert "tiny/train/extra.txt" not in offline.open_source(archive).listing.files
+    (copy / "train" / "extra.txt").write_text("a new member")
+    write_tar(archive, copy, "tiny")
+    assert "tiny/train/extra.txt" in offline.open_source(archive).listing.files
+
+
+def test_archive_with_cached_listing_must_stay_readable(tmp_path, monkeypatch):
+    archive = write_tar(tmp_path / "tiny.tar.gz", write_image_tree(tmp_path / "copy"), "tiny")
+    data.check_data_dir(archive)
+    opened = offline.Path.open
+
+    def denied(path, *args, **kwargs):
+        if path == archive.resolve():
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(offline.Path, "open", denied)
+    with pytest.raises(data.DataError, match="Cannot read the archive: Permission denied"):
+        data.check_data_dir(archive)
+
+
 def test_corrupt_and_truncated_archive(tmp_path):
     (tmp_path / "garbage.tar.gz").write_bytes(b"this is not a gzip file at all" * 20)
     with pytest.raises(data.DataError, match="corrupt or truncated"):
