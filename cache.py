@@ -2,10 +2,11 @@
 
 `offline.py` caches the offline copies of the named datasets and `own_images.py` the users' own images,
 in `$DEEPHASH_CACHE`, else `~/.cache/deephash`; `offline.py` also caches the member list of each archive
-it reads (`archive-listing-<hash>.npz`), so checking a copy does not decompress it every time. A file is named `<slug>-<hash>.npz`: the hash covers
-`CACHE_FORMAT_VERSION` and what the caller says identifies the source (its path, size, modification
-times, ...), so a changed source gets a new file. A file is written under a temporary name and renamed
-when complete; an unreadable one is decoded anew, and an unwritable cache only warns.
+it reads (`archive-listing-<hash>.npz`), so checking a copy does not decompress it every time. A file is
+named `<slug>-<hash>.npz`: the hash covers `CACHE_FORMAT_VERSION` and what the caller says identifies the
+source (its path, size, modification times, ...), so a changed source gets a new file. A file is written
+under a temporary name and renamed when complete; an unreadable one is decoded anew, and an unwritable
+cache only warns.
 
 Example:
 
