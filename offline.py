@@ -226,11 +226,12 @@ class _ArchiveSource:
 
     def __init__(self, path, cache_dir=None):
         self.path = path
-        self._listing_cache = cache.cache_path(cache.resolve_cache_dir(cache_dir), LISTING_SLUG, [str(path), *self.fingerprint()])
+        self._cache_dir = cache_dir
 
     @functools.cached_property
     def listing(self):
-        cached = cache.read_cache(self._listing_cache, required=("files", "dirs"))
+        listing_cache = cache.cache_path(cache.resolve_cache_dir(self._cache_dir), LISTING_SLUG, [str(self.path), *self.fingerprint()])
+        cached = cache.read_cache(listing_cache, required=("files", "dirs"))
         if cached is not None:
             self._check_readable()
             return _listing(cached["files"].tolist(), cached["dirs"].tolist())
@@ -242,7 +243,7 @@ class _ArchiveSource:
                 dirs.append(name)
         if not files and not dirs:
             raise data.DataError("The path is an empty archive.")
-        cache.write_cache(self._listing_cache, {"files": np.array(files, dtype=str), "dirs": np.array(dirs, dtype=str)})
+        cache.write_cache(listing_cache, {"files": np.array(files, dtype=str), "dirs": np.array(dirs, dtype=str)})
         return _listing(files, dirs)
 
     def fingerprint(self):
