@@ -28,12 +28,25 @@ PRESETS = {
 }
 
 
-def main():
-    parser = options.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_arguments(argv):
+    """The bench's own arguments from `argv`, with `extra`: those after the first `--`, unchanged.
+
+    argparse cannot take them as a positional list: `preset` and a `nargs="*"` list both
+    fill at the preset's name, and arguments after a later `--` are refused.
+    """
+    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = options.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="Arguments after -- go to retrieval.py unchanged."
+    )
     parser.add_argument("preset", choices=tuple(PRESETS))
     parser.add_argument("--data-dir", default=None, help="offline dataset copy (default: keras.datasets download)")
-    parser.add_argument("extra", nargs="*", help="further retrieval.py arguments, after --")
-    args = parser.parse_args()
+    args = parser.parse_args(own)
+    args.extra = extra
+    return args
+
+
+def main(argv=None):
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
     preset = PRESETS[args.preset]
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "run"

@@ -131,3 +131,14 @@ def test_step_bench_times_the_recipes_training_step(capsys):
 
 def test_step_bench_refuses_an_empty_batch_with_exit_2(capsys):
     fails_with(capsys, ["--batch-size", "0"], "--batch-size must be at least 1, got 0", main=load_bench("step_bench").main)
+
+
+def test_retrieval_bench_passes_the_arguments_after_a_double_dash_to_retrieval():
+    parse = load_bench("retrieval_bench").parse_arguments
+    args = parse(["classroom", "--data-dir", "copy.tar.gz", "--", "--lr", "0.3", "--width", "24"])
+    assert (args.preset, args.data_dir, args.extra) == ("classroom", "copy.tar.gz", ["--lr", "0.3", "--width", "24"])
+    assert parse(["full"]).extra == []
+
+
+def test_retrieval_bench_refuses_an_unknown_preset_with_exit_2(capsys):
+    fails_with(capsys, ["weekly"], "argument preset: invalid choice: 'weekly'", main=load_bench("retrieval_bench").main)
