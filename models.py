@@ -47,7 +47,7 @@ EXTRA_LAYER_UNITS = 512
 RESNET_WIDTH = 32
 RESNET_STAGES = 3
 # The speed-run network: channels of its first block (the second and third have
-# SPEEDRUN_GROWTH times as many), batch norm momentum (Keras's: the share of the
+# SPEEDRUN_GROWTH times as many, airbench's 64/256/256), batch norm momentum (Keras's: the share of the
 # old moving statistics kept each step; airbench's 0.6), and the side of the
 # whitened patches.
 SPEEDRUN_WIDTH = 32
@@ -95,7 +95,7 @@ ARCHS = vocabulary.ARCHS
 
 
 def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, input_size=None, freeze_backbone=False,
-                  augment=None, width=None):
+                  augment=None, width=None, growth=None):
     """Builds the encoder `pixels -> latent` for one architecture.
 
     Args:
@@ -121,6 +121,8 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
             `DEFAULT_AUGMENTATION` for `arch`, else `"flip"`.
         width: `resnet` and `speedrun` only: channels of the first stage,
             positive. Defaults to `None` (`RESNET_WIDTH`, `SPEEDRUN_WIDTH`).
+        growth: `speedrun` only: channels of its second and third blocks as a
+            multiple of the first's, positive. Defaults to `None` (`SPEEDRUN_GROWTH`).
 
     Returns:
         A `keras.Model` mapping `[batch, *input_shape]` pixels in 0..255 to
@@ -135,6 +137,8 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
         raise ValueError(f"`arch` must be one of {ARCHS}. Received: arch={arch!r}")
     if width is not None and arch not in vocabulary.WIDTH_ARCHS:
         raise ValueError(f"`width` applies to arch {vocabulary.WIDTH_ARCHS} only. Received: arch={arch!r}, width={width!r}")
+    if growth is not None and arch != vocabulary.GROWTH_ARCH:
+        raise ValueError(f"`growth` applies to arch {vocabulary.GROWTH_ARCH!r} only. Received: arch={arch!r}, growth={growth!r}")
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = _augmentation(inputs, DEFAULT_AUGMENTATION.get(arch, "flip") if augment is None else augment)
     if arch in backbones.APPLICATIONS:
@@ -147,7 +151,7 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
                     f"not to arch={arch!r}, which trains from scratch. Received: {name}={value!r}"
                 )
         x = layers.Rescaling(1.0 / 255, name="scale_to_unit")(x)
-        x = _scratch_trunk(x, arch, width)
+        x = _scratch_trunk(x, arch, width, growth)
     if extra_layer:
         x = layers.Dense(EXTRA_LAYER_UNITS, activation="relu", name="extra_dense")(x)
     # float32 so the codes stay exact under mixed precision.
@@ -281,13 +285,13 @@ def _dbr_trunk(x):
     return layers.Dropout(0.5, name="dropout_dense")(x)
 
 
-def _scratch_trunk(x, arch, width):
+def _scratch_trunk(x, arch, width, growth):
     """The trunk of an arch trained from scratch, from pixels in [0, 1] to one feature vector."""
     if arch == "dbr":
         return _dbr_trunk(x)
     if arch == "resnet":
         return _resnet_trunk(x, RESNET_WIDTH if width is None else width)
-    return _speedrun_trunk(x, SPEEDRUN_WIDTH if width is None else width)
+    return _speedrun_trunk(x, SPEEDRUN_WIDTH if width is None else width, SPEEDRUN_GROWTH if growth is None else growth)
 
 
 def _augmentation(inputs, augment):
@@ -323,13 +327,14 @@ def _resnet_trunk(x, width):
     return layers.GlobalAveragePooling2D(name="global_pool")(x)
 
 
-def _speedrun_trunk(x, width):
+def _speedrun_trunk(x, width, growth):
     """The speed-run network up to its global max pool (see the module docstring)."""
-    if not (isinstance(width, int) and width >= 1):
-        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
+    for name, value in (("width", width), ("growth", growth)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
     x = PatchWhitening(name="whitening")(x)
     x = layers.Activation("gelu", name="whitening_gelu")(x)
-    for block, filters in enumerate((width, width * SPEEDRUN_GROWTH, width * SPEEDRUN_GROWTH), start=1):
+    for block, filters in enumerate((width, width * growth, width * growth), start=1):
         x = _identity_conv(x, filters, f"block{block}_conv1")
         x = layers.MaxPooling2D(2, padding="same", name=f"block{block}_pool")(x)
         x = _speedrun_norm_gelu(x, f"block{block}_norm1")

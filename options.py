@@ -96,7 +96,8 @@ def build_parser():
     add("--lr", type=float, default=None, help=f"(peak) learning rate (default: the recipe's, {_recipe_defaults('lr')}; none: the optimizer's own, see --optimizer; --method dnnh takes the recipe's x P*K / the recipe's batch size)")
     add("--recipe", default=DEFAULTS["recipe"], help=f"where the training settings whose help says 'the recipe's' take their defaults: {', '.join(recipes.RECIPES)}, or auto (the arch's own: speedrun for --arch speedrun, dbr for --arch dbr, classic otherwise); flags given explicitly win; see recipes.py (default: %(default)s)")
     add("--weight-decay", type=float, default=None, help=f"decoupled weight decay of the optimizer, 0 or more (default: the recipe's, {_recipe_defaults('weight_decay')})")
-    add("--width", type=int, default=None, help=f"--arch speedrun or resnet: channels of the first stage (speedrun: the later ones have 4x; resnet: each doubles them) (default: the recipe's, {_recipe_defaults('width')})")
+    add("--width", type=int, default=None, help=f"--arch speedrun or resnet: channels of the first stage (speedrun: the later ones have --growth times as many; resnet: each doubles them) (default: the recipe's, {_recipe_defaults('width')})")
+    add("--growth", type=int, default=None, help=f"--arch speedrun: channels of the second and third blocks as a multiple of --width (default: the recipe's, {_recipe_defaults('growth')})")
     add("--augment", default=None, help=f"training-time augmentation inside the model: none, flip (colour images mirrored), crop-flip (also shifted up to 1/8 of the side), light-crop-flip (shifted up to 1/16) (default: the recipe's, {_recipe_defaults('augment')}; none: flip, none for --arch dbr)")
     add("--label-smoothing", type=float, default=None, help=f"--method dlbhc: label smoothing of the cross-entropy, in [0, 1) (default: the recipe's, {_recipe_defaults('label_smoothing')})")
     add("--tta", default=None, help=f"test-time augmentation of colour images: none, flip (each code from the mean of the image's and its mirror image's latent activations), or flip-shift (that mean also over copies shifted by a pixel, airbench's multi-crop) (default: the recipe's, {_recipe_defaults('tta')})")
@@ -176,6 +177,7 @@ def resolve_args(args):
         "recipe": args.recipe,  # auto: chosen by run, once Keras knows whether there is a GPU
         "weight_decay": args.weight_decay,
         "width": args.width,
+        "growth": args.growth,
         "augment": args.augment,
         "label_smoothing": args.label_smoothing,
         "tta": args.tta,
@@ -281,6 +283,11 @@ def _check_training_options(args):
             raise UsageError(f"--width applies to --arch {' or '.join(V.WIDTH_ARCHS)} only, not --arch {args.arch}")
         if args.width < 1:
             raise UsageError(f"--width must be at least 1, got {args.width}")
+    if args.growth is not None:
+        if args.arch != V.GROWTH_ARCH:
+            raise UsageError(f"--growth applies to --arch {V.GROWTH_ARCH} only, not --arch {args.arch}")
+        if args.growth < 1:
+            raise UsageError(f"--growth must be at least 1, got {args.growth}")
     if args.augment is not None:
         _check_choice("--augment", args.augment, V.AUGMENTATIONS)
     if args.tta is not None:

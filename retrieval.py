@@ -282,7 +282,7 @@ def compiled_model(config, method, input_shape, total_steps, jit_compile="auto")
         config["arch"], input_shape, config["bits"], config.get("extra_layer", False),
         weights=None if config.get("weights", "none") == "none" else config["weights"],
         input_size=config.get("backbone_size"), freeze_backbone=config.get("freeze_backbone", False),
-        augment=config.get("augment"), width=config.get("width"),
+        augment=config.get("augment"), width=config.get("width"), growth=config.get("growth"),
     )
     model = method.training_model(encoder)
     model.compile(
@@ -387,6 +387,8 @@ def _resumed_config(args):
     config = rundir.read_json(Path(args.out) / rundir.CONFIG_FILE)
     if config.get("num_processes", 1) > 1:
         raise UsageError(f"--resume: {args.out} was trained by {config['num_processes']} processes, which cannot be resumed; start it again")
+    if "growth" not in config:  # written before the setting: its network had the one growth there was then
+        config["growth"] = recipes.RECIPES[recipes.SPEEDRUN]["growth"] if config["arch"] == V.GROWTH_ARCH else None
     return config
 
 

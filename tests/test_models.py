@@ -129,6 +129,19 @@ def test_width_sets_the_residual_stages():
     assert [encoder.get_layer(f"stage{stage}_conv").filters for stage in (1, 2, 3)] == [8, 16, 32]
 
 
+def test_growth_sets_the_speedrun_networks_later_blocks():
+    def block_filters(**sizes):
+        encoder = models.build_encoder("speedrun", (32, 32, 3), 8, **sizes)
+        return [encoder.get_layer(f"block{block}_conv2").filters for block in (1, 2, 3)]
+
+    assert block_filters(width=4, growth=3) == [4, 12, 12]
+    assert block_filters(width=4) == [4, 4 * models.SPEEDRUN_GROWTH, 4 * models.SPEEDRUN_GROWTH]
+    with pytest.raises(ValueError, match="`growth` applies to arch 'speedrun'"):
+        models.build_encoder("resnet", (32, 32, 3), 8, growth=3)
+    with pytest.raises(ValueError, match="growth=0"):
+        models.build_encoder("speedrun", (32, 32, 3), 8, growth=0)
+
+
 def test_flip_tta_averages_an_image_and_its_mirror_image():
     inputs = keras.Input((2, 3, 1))
     left_weighted = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(

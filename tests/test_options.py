@@ -42,6 +42,8 @@ def resolved(*flags):
         (["--recipe", "quick"], "--recipe must be one of auto, speedrun, dbr, classic, got 'quick'"),
         (["--width", "0"], "--width must be at least 1, got 0"),
         (["--arch", "dbr", "--width", "64"], "--width applies to --arch resnet or speedrun only, not --arch dbr"),
+        (["--growth", "0"], "--growth must be at least 1, got 0"),
+        (["--arch", "resnet", "--growth", "3"], "--growth applies to --arch speedrun only, not --arch resnet"),
         (["--augment", "rotate"], "--augment must be one of none, flip, crop-flip, light-crop-flip, got 'rotate'"),
         (["--arch", "dbr", "--label-smoothing", "0.1"], "--label-smoothing applies to --method dlbhc only, not --method dbr"),
         (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1, got 1.0"),

@@ -47,15 +47,16 @@ def test_the_speedrun_recipe_takes_small_batches_for_more_epochs_on_small_traini
     assert recipes.fill(resolved("-e", "3"), "speedrun", colour=True, train_size=5000)["epochs"] == 3
 
 
-@pytest.mark.parametrize("epochs, train_size, augment, width", [
-    ("5", 5000, "flip", 32),  # the classroom run: 25,000 images seen, on the narrower network
-    ("30", 5000, "light-crop-flip", 64),  # small data, long training: the wider one
-    ("1", 50_000, "flip", 32),
-    ("2", 50_000, "light-crop-flip", 32),
+@pytest.mark.parametrize("epochs, train_size, augment, width, growth, lr", [
+    ("5", 5000, "flip", 32, 3, 0.3),  # the classroom run: 25,000 images seen, narrower, at twice the small-data rate
+    ("30", 5000, "light-crop-flip", 64, 4, 0.15),  # small data, long training: the wider one
+    ("1", 50_000, "flip", 32, 4, 1.0),
+    ("2", 50_000, "light-crop-flip", 32, 4, 1.0),
 ])
-def test_a_short_training_mirrors_without_shifting_on_the_narrower_network(epochs, train_size, augment, width):
+def test_a_short_training_mirrors_without_shifting_on_the_narrower_network(epochs, train_size, augment, width, growth, lr):
     filled = recipes.fill(resolved("-e", epochs), "speedrun", colour=True, train_size=train_size)
-    assert (filled["augment"], filled["width"]) == (augment, width)
+    assert (filled["augment"], filled["width"], filled["growth"], filled["lr"]) == (augment, width, growth, lr)
+    assert recipes.fill(resolved("-e", epochs, "--growth", "2", "--lr", "0.5"), "speedrun", colour=True, train_size=train_size)["growth"] == 2
     assert recipes.fill(resolved("-e", epochs, "--augment", "crop-flip"), "speedrun", colour=True, train_size=train_size)["augment"] == "crop-flip"
     assert recipes.fill(resolved("-e", epochs), "classic", colour=True, train_size=train_size)["augment"] is None  # the arch's own
 
@@ -77,7 +78,8 @@ def test_the_dbr_recipe_keeps_deepbinaryrepres_settings():
 
 def test_settings_that_do_not_apply_stay_unset():
     config = recipes.fill(resolved("--arch", "dbr", "--method", "dbr"), "speedrun", colour=False, train_size=50_000)
-    assert config["width"] is None  # no width to set
+    assert config["width"] is None and config["growth"] is None  # no width to set
+    assert recipes.fill(resolved("--arch", "resnet"), "speedrun", colour=True, train_size=50_000)["growth"] is None  # resnet doubles
     assert config["label_smoothing"] is None  # not dlbhc
     assert config["tta"] == "none"  # grey images are not mirrored
 

@@ -168,6 +168,15 @@ def test_resume_of_a_finished_run_changes_nothing(finished_run, capsys):
     assert (finished_run / rundir.METRICS_FILE).read_text() == before
 
 
+def test_a_run_saved_before_the_growth_setting_resumes_with_the_network_it_had(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    for arch, growth in (("speedrun", 4), ("resnet", None)):
+        (out / rundir.CONFIG_FILE).write_text(json.dumps({"arch": arch, "lr": 0.15, "width": 32}))
+        config = retrieval._resumed_config(options.build_parser().parse_args(["--resume", "--out", str(out)]))
+        assert (config["growth"], config["lr"]) == (growth, 0.15)  # recipes.fill keeps what is set
+
+
 @pytest.mark.slow
 def test_model_from_evaluates_a_trained_model_under_another_protocol_without_training(finished_run, tmp_path):
     out = tmp_path / "evaluated"
