@@ -142,6 +142,16 @@ def test_growth_sets_the_speedrun_networks_later_blocks():
         models.build_encoder("speedrun", (32, 32, 3), 8, growth=0)
 
 
+def test_predict_batch_by_batch_gives_model_predicts_outputs():
+    inputs = keras.Input((4, 4, 3))
+    hidden = keras.layers.Dense(5)(keras.layers.Flatten()(inputs))
+    one, two = keras.Model(inputs, hidden), keras.Model(inputs, [hidden, keras.layers.Dense(2)(hidden)])
+    images = np.random.default_rng(0).random((21, 4, 4, 3), dtype="float32")  # a last batch of 5
+    np.testing.assert_array_equal(models.predict(one, images, 8), one.predict(images, batch_size=8, verbose=0))
+    for ours, keras_own in zip(models.predict(two, images, 8), two.predict(images, batch_size=8, verbose=0), strict=True):
+        np.testing.assert_array_equal(ours, keras_own)
+
+
 def test_flip_tta_averages_an_image_and_its_mirror_image():
     inputs = keras.Input((2, 3, 1))
     left_weighted = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(
