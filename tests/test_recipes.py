@@ -61,6 +61,11 @@ def test_a_short_training_mirrors_without_shifting_on_the_narrower_network(epoch
     assert recipes.fill(resolved("-e", epochs), "classic", colour=True, train_size=train_size)["augment"] is None  # the arch's own
 
 
+def test_only_dlbhc_takes_the_classroom_runs_rate_and_network():
+    codeword = recipes.fill(resolved("-e", "5", "--method", "hadamard"), "speedrun", colour=True, train_size=5000)
+    assert (codeword["growth"], codeword["lr"], codeword["width"]) == (4, 0.15, 32)
+
+
 def test_each_method_takes_its_own_loss_scale_from_the_recipe():
     def loss_scale(method, *flags):
         return recipes.fill(resolved("--method", method, *flags), "speedrun", colour=True, train_size=50_000)["loss_scale"]
