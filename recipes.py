@@ -88,7 +88,6 @@ RECIPES = {
     },
 }
 NAMES = (AUTO, *RECIPES)
-SETTINGS = tuple(RECIPES[SPEEDRUN])
 ARCH_RECIPES = {"speedrun": SPEEDRUN, "dbr": DBR}  # any other arch: CLASSIC
 
 # The speed-run recipe on small training sets (the classroom run's 5,000 images, the dhn
