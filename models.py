@@ -51,7 +51,7 @@ RESNET_STAGES = 3
 # old moving statistics kept each step; airbench's 0.6), and the side of the
 # whitened patches.
 SPEEDRUN_WIDTH = 32
-SPEEDRUN_GROWTH = 4
+SPEEDRUN_GROWTH = vocabulary.SPEEDRUN_GROWTH
 SPEEDRUN_BATCH_NORM_MOMENTUM = 0.6
 WHITENING_PATCH = 2
 # Added to the patch covariance's eigenvalues before whitening, so near-constant directions stay finite.

@@ -278,16 +278,13 @@ def _check_training_options(args):
         raise UsageError(f"--epochs must be 0 or more, got {args.epochs}")
     if args.weight_decay is not None and not args.weight_decay >= 0:
         raise UsageError(f"--weight-decay must be 0 or more, got {args.weight_decay}")
-    if args.width is not None:
-        if args.arch not in V.WIDTH_ARCHS:
-            raise UsageError(f"--width applies to --arch {' or '.join(V.WIDTH_ARCHS)} only, not --arch {args.arch}")
-        if args.width < 1:
-            raise UsageError(f"--width must be at least 1, got {args.width}")
-    if args.growth is not None:
-        if args.arch != V.GROWTH_ARCH:
-            raise UsageError(f"--growth applies to --arch {V.GROWTH_ARCH} only, not --arch {args.arch}")
-        if args.growth < 1:
-            raise UsageError(f"--growth must be at least 1, got {args.growth}")
+    for flag, value, archs in (("--width", args.width, V.WIDTH_ARCHS), ("--growth", args.growth, (V.GROWTH_ARCH,))):
+        if value is None:
+            continue
+        if args.arch not in archs:
+            raise UsageError(f"{flag} applies to --arch {' or '.join(archs)} only, not --arch {args.arch}")
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     if args.augment is not None:
         _check_choice("--augment", args.augment, V.AUGMENTATIONS)
     if args.tta is not None:

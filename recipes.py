@@ -48,7 +48,7 @@ RECIPES = {
         "norm_bias_lr_scale": 64.0,
         "weight_averaging": False,  # lookahead scored no higher on validation (docs/recipes.md, ablation)
         "width": 32,
-        "growth": 4,  # airbench's: the later blocks have 4x the first's channels
+        "growth": vocabulary.SPEEDRUN_GROWTH,
         "augment": "light-crop-flip",
         "label_smoothing": 0.2,
         "loss_scale": 1.0,

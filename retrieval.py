@@ -388,7 +388,7 @@ def _resumed_config(args):
     if config.get("num_processes", 1) > 1:
         raise UsageError(f"--resume: {args.out} was trained by {config['num_processes']} processes, which cannot be resumed; start it again")
     if "growth" not in config:  # written before the setting: its network had the one growth there was then
-        config["growth"] = recipes.RECIPES[recipes.SPEEDRUN]["growth"] if config["arch"] == V.GROWTH_ARCH else None
+        config["growth"] = V.SPEEDRUN_GROWTH if config["arch"] == V.GROWTH_ARCH else None
     return config
 
 

@@ -21,6 +21,7 @@ APPLICATION_INPUT_SIZES = {"resnet50": 224, "mobilenetv2": 224, "efficientnetb0"
 ARCHS = (*SCRATCH_ARCHS, *APPLICATION_INPUT_SIZES)
 WIDTH_ARCHS = ("resnet", "speedrun")  # archs whose channel count `--width` sets
 GROWTH_ARCH = "speedrun"  # the arch whose later blocks' channels `--growth` sets, as a multiple of `--width`
+SPEEDRUN_GROWTH = 4  # airbench's: the speed-run network's later blocks have 4x the first's channels
 MIN_BACKBONE_SIZE = 32  # the smallest input keras.applications takes for these networks
 WEIGHTS_NAMES = ("imagenet", "none")
 # Learning rate of a pretrained backbone relative to the hash head (DLBHC trained its new layers 10x faster).

@@ -34,7 +34,8 @@ def parse_arguments(argv):
     argparse cannot take them as a positional list: `preset` and a `nargs="*"` list both
     fill at the preset's name, and arguments after a later `--` are refused.
     """
-    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    cut = argv.index("--") if "--" in argv else len(argv)
+    own, extra = argv[:cut], argv[cut + 1 :]
     parser = options.ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Arguments after -- go to retrieval.py unchanged."
     )
