@@ -56,7 +56,7 @@ def test_the_speedrun_recipe_takes_small_batches_for_more_epochs_on_small_traini
 def test_a_short_training_mirrors_without_shifting_on_the_narrower_network(epochs, train_size, augment, width, growth, lr):
     filled = recipes.fill(resolved("-e", epochs), "speedrun", colour=True, train_size=train_size)
     assert (filled["augment"], filled["width"], filled["growth"], filled["lr"]) == (augment, width, growth, lr)
-    assert recipes.fill(resolved("-e", epochs, "--growth", "2", "--lr", "0.5"), "speedrun", colour=True, train_size=train_size)["growth"] == 2
+    assert recipes.fill(resolved("-e", epochs, "--growth", "2"), "speedrun", colour=True, train_size=train_size)["growth"] == 2
     assert recipes.fill(resolved("-e", epochs, "--augment", "crop-flip"), "speedrun", colour=True, train_size=train_size)["augment"] == "crop-flip"
     assert recipes.fill(resolved("-e", epochs), "classic", colour=True, train_size=train_size)["augment"] is None  # the arch's own
 
