@@ -36,6 +36,8 @@ import numpy as np
 
 # Batches `tensorflow_batches` prepares ahead of the training step.
 PREFETCH_BATCHES = 2
+# The second key of the random stream that picks the images an alternating flip mirrors first.
+FLIP_STREAM = 1_000_003
 
 
 def primary_labels(labels):
@@ -163,6 +165,11 @@ class ShardedBatches(keras.utils.PyDataset):
     needs an equal share): at most `replicas - 1` images, different ones every
     epoch, are left out of an epoch.
 
+    With `alternating_flip`, the images (colour, `[n, h, w, c]`) are mirrored
+    as airbench does: a seeded random half of them from the first epoch, and
+    every image's mirroring reversed in each odd epoch, so each image is seen
+    mirrored and plain in turn rather than at random.
+
     Args:
         x, y: training inputs and targets, the same arrays in every process.
         batch_size: the global batch, a multiple of `replicas`.
@@ -170,9 +177,10 @@ class ShardedBatches(keras.utils.PyDataset):
         num_processes: processes feeding the devices. Defaults to 1.
         process_id: which of them this is. Defaults to 0.
         seed: seed of the shuffles. Defaults to 0.
+        alternating_flip: mirror the images in alternation (above). Defaults to `False`.
     """
 
-    def __init__(self, x, y, batch_size, replicas, num_processes=1, process_id=0, seed=0):
+    def __init__(self, x, y, batch_size, replicas, num_processes=1, process_id=0, seed=0, alternating_flip=False):
         super().__init__()
         if batch_size % replicas or replicas % num_processes:
             raise ValueError(
@@ -184,6 +192,7 @@ class ShardedBatches(keras.utils.PyDataset):
         last = len(x) % batch_size // replicas * replicas
         self.sizes = [batch_size] * (len(x) // batch_size) + ([last] if last else [])
         self.epoch, self.order = 0, self._order(0)
+        self.mirrored_first = np.random.default_rng([seed, FLIP_STREAM]).random(len(x)) < 0.5 if alternating_flip else None
 
     def _order(self, epoch):
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
@@ -195,7 +204,12 @@ class ShardedBatches(keras.utils.PyDataset):
         share = self.sizes[index] // self.num_processes
         start = index * self.batch_size + self.process_id * share
         rows = self.order[start : start + share]
-        return self.x[rows], self.y[rows]
+        if self.mirrored_first is None:
+            return self.x[rows], self.y[rows]
+        images = self.x[rows]
+        mirrored = self.mirrored_first[rows] != bool(self.epoch % 2)
+        images[mirrored] = images[mirrored][:, :, ::-1]
+        return images, self.y[rows]
 
     def set_epoch(self, epoch):
         """Serves the batches of `epoch` from now on."""

@@ -195,25 +195,27 @@ class Placement:
                 "(its triplets span the whole P x K batch, which TensorFlow replicas and JAX processes split)"
             )
 
-    def training_batches(self, x, y, batch_size, seed, first_epoch=0):
+    def training_batches(self, x, y, batch_size, seed, first_epoch=0, alternating_flip=False):
         """The training arrays as one data set of batches for `train.fit_resumable`, and its steps per epoch.
 
         Every backend gets seeded batch orders that a resumed run continues:
         TensorFlow a `tf.data` pipeline told `first_epoch` (a resumed run's
         epochs already trained); JAX a `batches.ShardedBatches`, which learns
         each epoch from its callback (on one GPU with the arrays held there).
+        An `alternating_flip` (airbench's mirroring, in the feed) always takes
+        a `batches.ShardedBatches`, which knows the epoch it serves.
         """
         import batches
 
-        if self.backend == "tensorflow":
+        if self.backend == "tensorflow" and not alternating_flip:
             steps = -(-len(x) // batch_size)
             return batches.tensorflow_batches(x, y, batch_size, seed, first_epoch), steps
-        if self.holds_data_on_device(x.nbytes + y.nbytes):
+        if not alternating_flip and self.holds_data_on_device(x.nbytes + y.nbytes):  # the flip writes NumPy batches
             import jax
 
             x, y = jax.device_put(x), jax.device_put(y)
         # batch_size checked against the replicas by run (check_batch)
-        shares = batches.ShardedBatches(x, y, batch_size, self.replicas, self.num_processes, self.process_id, seed)
+        shares = batches.ShardedBatches(x, y, batch_size, self.replicas, self.num_processes, self.process_id, seed, alternating_flip)
         return shares, len(shares)
 
     def holds_data_on_device(self, nbytes):

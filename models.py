@@ -33,6 +33,8 @@ Example:
 """
 
 
+from typing import NamedTuple
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -66,6 +68,10 @@ WHITENING_CHUNK = 250
 # "crop-flip" also shifts every image by up to `CROP_PADDING_FRACTION` of its side.
 # "light-crop-flip" shifts by up to `LIGHT_CROP_PADDING_FRACTION` (2 pixels on 32), as the speed-runs do.
 AUGMENTATIONS = vocabulary.AUGMENTATIONS
+# Where an augmentation's mirroring happens: a random flip in the model, or airbench's
+# alternating flip in the data feed (batches.ShardedBatches).
+RANDOM_FLIP = "random"
+FLIPS = vocabulary.FLIPS
 DEFAULT_AUGMENTATION = {"dbr": "none"}  # the original CNN trained on plain images; the rest: "flip"
 CROP_PADDING_FRACTION = 1 / 8  # 4 pixels on CIFAR-10's 32, the usual CIFAR padding
 LIGHT_CROP_PADDING_FRACTION = 1 / 16
@@ -95,7 +101,7 @@ ARCHS = vocabulary.ARCHS
 
 
 def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, input_size=None, freeze_backbone=False,
-                  augment=None, width=None, growth=None):
+                  augment=None, width=None, growth=None, flip=RANDOM_FLIP, craft=None):
     """Builds the encoder `pixels -> latent` for one architecture.
 
     Args:
@@ -123,6 +129,11 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
             positive. Defaults to `None` (`RESNET_WIDTH`, `SPEEDRUN_WIDTH`).
         growth: `speedrun` only: channels of its second and third blocks as a
             multiple of the first's, positive. Defaults to `None` (`SPEEDRUN_GROWTH`).
+        flip: `"random"`: the augmentation's mirroring is a random flip in the
+            model; `"alternating"`: the model leaves mirroring to the data feed
+            (`batches.ShardedBatches`, airbench's alternating flip). Defaults to `"random"`.
+        craft: `speedrun` only: a `SpeedrunCraft` (pooling, batch norm epsilon,
+            initialisation, whitening). Defaults to `None` (`SpeedrunCraft()`).
 
     Returns:
         A `keras.Model` mapping `[batch, *input_shape]` pixels in 0..255 to
@@ -139,8 +150,12 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
         raise ValueError(f"`width` applies to arch {vocabulary.WIDTH_ARCHS} only. Received: arch={arch!r}, width={width!r}")
     if growth is not None and arch != vocabulary.GROWTH_ARCH:
         raise ValueError(f"`growth` applies to arch {vocabulary.GROWTH_ARCH!r} only. Received: arch={arch!r}, growth={growth!r}")
+    if craft is not None and arch != "speedrun":
+        raise ValueError(f"`craft` applies to arch 'speedrun' only. Received: arch={arch!r}")
+    if flip not in FLIPS:
+        raise ValueError(f"`flip` must be one of {FLIPS}. Received: flip={flip!r}")
     inputs = keras.Input(shape=input_shape, name="pixels")
-    x = _augmentation(inputs, DEFAULT_AUGMENTATION.get(arch, "flip") if augment is None else augment)
+    x = _augmentation(inputs, DEFAULT_AUGMENTATION.get(arch, "flip") if augment is None else augment, flip)
     if arch in backbones.APPLICATIONS:
         x = backbones.application_trunk(x, arch, weights, input_size, freeze_backbone)
     else:
@@ -151,7 +166,7 @@ def build_encoder(arch, input_shape, bits, extra_layer=False, weights=None, inpu
                     f"not to arch={arch!r}, which trains from scratch. Received: {name}={value!r}"
                 )
         x = layers.Rescaling(1.0 / 255, name="scale_to_unit")(x)
-        x = _scratch_trunk(x, arch, width, growth)
+        x = _scratch_trunk(x, arch, width, growth, craft or SpeedrunCraft())
     if extra_layer:
         x = layers.Dense(EXTRA_LAYER_UNITS, activation="relu", name="extra_dense")(x)
     # float32 so the codes stay exact under mixed precision.
@@ -303,16 +318,16 @@ def _dbr_trunk(x):
     return layers.Dropout(0.5, name="dropout_dense")(x)
 
 
-def _scratch_trunk(x, arch, width, growth):
+def _scratch_trunk(x, arch, width, growth, craft):
     """The trunk of an arch trained from scratch, from pixels in [0, 1] to one feature vector."""
     if arch == "dbr":
         return _dbr_trunk(x)
     if arch == "resnet":
         return _resnet_trunk(x, RESNET_WIDTH if width is None else width)
-    return _speedrun_trunk(x, SPEEDRUN_WIDTH if width is None else width, SPEEDRUN_GROWTH if growth is None else growth)
+    return _speedrun_trunk(x, SPEEDRUN_WIDTH if width is None else width, SPEEDRUN_GROWTH if growth is None else growth, craft)
 
 
-def _augmentation(inputs, augment):
+def _augmentation(inputs, augment, flip=RANDOM_FLIP):
     """Applies `augment` (one of `AUGMENTATIONS`) to raw pixels; identity outside training.
 
     Mirroring applies to colour images only, where a mirror image belongs to the
@@ -324,7 +339,7 @@ def _augmentation(inputs, augment):
     if augment in SHIFT_FRACTIONS:
         padding = max(1, round(min(inputs.shape[1:3]) * SHIFT_FRACTIONS[augment]))
         x = RandomShift(padding, name="random_shift")(x)
-    if augment != "none" and inputs.shape[-1] == 3:
+    if augment != "none" and inputs.shape[-1] == 3 and flip == RANDOM_FLIP:
         x = layers.RandomFlip("horizontal", name="random_flip")(x)
     return x
 
@@ -345,30 +360,71 @@ def _resnet_trunk(x, width):
     return layers.GlobalAveragePooling2D(name="global_pool")(x)
 
 
-def _speedrun_trunk(x, width, growth):
+class SpeedrunCraft(NamedTuple):
+    """The details of the speed-run network that airbench's code does its own way; the defaults are this project's.
+
+    Each is a named setting of the `speedrun` recipe, so that its worth can be measured alone:
+
+    - `pooling`: `"same"` pads odd sides before each 2x2 max pool (32 -> 31 ->
+      16 -> 8 -> 4); `"floor"` drops the last row and column, as airbench's
+      PyTorch pooling does (31 -> 15 -> 7 -> 3), 19% less arithmetic.
+    - `batch_norm_epsilon`: Keras's 1e-3, or airbench's 1e-12.
+    - `init`: the 3x3 filters beyond their identity channels, `"he"` uniform,
+      or `"pytorch"`'s default (uniform within 1/sqrt(fan in): a sixth of He's variance).
+    - `whitening`: the patch covariance's epsilon added on `"pixels"` scaled to
+      [0, 1], or on `"standardised"` ones (each channel divided by its standard
+      deviation, as airbench normalises its inputs), where it weighs about 16x less.
+    """
+
+    pooling: str = "same"
+    batch_norm_epsilon: float = 1e-3
+    init: str = "he"
+    whitening: str = "pixels"
+
+
+# The variance scale of each `SpeedrunCraft.init` (keras.initializers.VarianceScaling, uniform, fan in).
+INIT_VARIANCE_SCALES = {"he": 2.0, "pytorch": 1.0 / 3.0}
+POOLINGS = {"same": "same", "floor": "valid"}
+WHITENINGS = ("pixels", "standardised")
+
+
+def check_craft(craft):
+    """`craft` (a `SpeedrunCraft`), or a `ValueError` naming the setting out of range."""
+    for name, value, allowed in (("pooling", craft.pooling, tuple(POOLINGS)), ("init", craft.init, tuple(INIT_VARIANCE_SCALES)),
+                                 ("whitening", craft.whitening, WHITENINGS)):
+        if value not in allowed:
+            raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={value!r}")
+    if not craft.batch_norm_epsilon > 0:
+        raise ValueError(f"`batch_norm_epsilon` must be positive. Received: batch_norm_epsilon={craft.batch_norm_epsilon}")
+    return craft
+
+
+def _speedrun_trunk(x, width, growth, craft):
     """The speed-run network up to its global max pool (see the module docstring)."""
     for name, value in (("width", width), ("growth", growth)):
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    x = PatchWhitening(name="whitening")(x)
+    check_craft(craft)
+    x = PatchWhitening(standardise=craft.whitening == "standardised", name="whitening")(x)
     x = layers.Activation("gelu", name="whitening_gelu")(x)
     for block, filters in enumerate((width, width * growth, width * growth), start=1):
-        x = _identity_conv(x, filters, f"block{block}_conv1")
-        x = layers.MaxPooling2D(2, padding="same", name=f"block{block}_pool")(x)
-        x = _speedrun_norm_gelu(x, f"block{block}_norm1")
-        x = _identity_conv(x, filters, f"block{block}_conv2")
-        x = _speedrun_norm_gelu(x, f"block{block}_norm2")
+        x = _identity_conv(x, filters, f"block{block}_conv1", craft.init)
+        x = layers.MaxPooling2D(2, padding=POOLINGS[craft.pooling], name=f"block{block}_pool")(x)
+        x = _speedrun_norm_gelu(x, f"block{block}_norm1", craft.batch_norm_epsilon)
+        x = _identity_conv(x, filters, f"block{block}_conv2", craft.init)
+        x = _speedrun_norm_gelu(x, f"block{block}_norm2", craft.batch_norm_epsilon)
     return layers.GlobalMaxPooling2D(name="global_pool")(x)
 
 
-def _identity_conv(x, filters, name):
-    return layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=PartialIdentity(), name=name)(x)
+def _identity_conv(x, filters, name, init):
+    initializer = PartialIdentity(variance_scale=INIT_VARIANCE_SCALES[init])
+    return layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=initializer, name=name)(x)
 
 
-def _speedrun_norm_gelu(x, name):
+def _speedrun_norm_gelu(x, name, epsilon):
     """Batch norm with a learnt bias but no scale (a GELU after it needs none), then GELU."""
     x = layers.BatchNormalization(
-        momentum=SPEEDRUN_BATCH_NORM_MOMENTUM, scale=False, synchronized=synchronized_batch_norm, name=f"{name}_bn"
+        momentum=SPEEDRUN_BATCH_NORM_MOMENTUM, epsilon=epsilon, scale=False, synchronized=synchronized_batch_norm, name=f"{name}_bn"
     )(x)
     return layers.Activation("gelu", name=f"{name}_gelu")(x)
 
@@ -376,6 +432,11 @@ def _speedrun_norm_gelu(x, name):
 def is_norm_bias(variable_path):
     """Whether a variable (by its `.path`) is a batch norm's bias, which the speed-run recipe trains faster."""
     return variable_path.endswith("_bn/beta")
+
+
+def is_whitening_bias(variable_path):
+    """Whether a variable (by its `.path`) is the whitening layer's bias, which airbench trains for its first epochs only."""
+    return variable_path.endswith("whitening/bias")
 
 
 def adapt_to_images(model, images):
@@ -452,7 +513,7 @@ class RandomShift(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="deephash")
 class PartialIdentity(keras.initializers.Initializer):
-    """A 3x3 convolution kernel whose first output channels copy the input channels; the rest He-uniform.
+    """A 3x3 convolution kernel whose first output channels copy the input channels; the rest uniform (He's by default).
 
     The speed-runs' "dirac" initialisation: at the start each block passes its
     input through unchanged in its first channels, so a deep stack of freshly
@@ -465,11 +526,13 @@ class PartialIdentity(keras.initializers.Initializer):
     ([[1.0, 0.0], [0.0, 1.0]], 0.0)
     """
 
-    def __init__(self, seed=None):
+    def __init__(self, seed=None, variance_scale=INIT_VARIANCE_SCALES["he"]):
         self.seed = seed
+        self.variance_scale = float(variance_scale)
 
     def __call__(self, shape, dtype=None):
-        kernel = keras.ops.convert_to_numpy(keras.initializers.HeUniform(self.seed)(shape, dtype="float32"))
+        uniform = keras.initializers.VarianceScaling(self.variance_scale, mode="fan_in", distribution="uniform", seed=self.seed)
+        kernel = keras.ops.convert_to_numpy(uniform(shape, dtype="float32"))
         rows, columns, inputs, outputs = shape
         copied = min(inputs, outputs)
         kernel[:, :, :, :copied] = 0.0
@@ -477,7 +540,7 @@ class PartialIdentity(keras.initializers.Initializer):
         return keras.ops.convert_to_tensor(kernel, dtype=dtype)
 
     def get_config(self):
-        return {"seed": self.seed}
+        return {"seed": self.seed, "variance_scale": self.variance_scale}
 
 
 @keras.saving.register_keras_serializable(package="deephash")
@@ -489,6 +552,10 @@ class PatchWhitening(layers.Layer):
     eigenvalues, each filter also negated (`+W` and `-W`, so a GELU after it
     keeps both signs), and the bias so that the mean patch maps to zero. The
     kernel never trains; the bias does. Until adapted the kernel is zero.
+    With `standardise=True` the covariance is that of patches whose channels
+    are divided by their standard deviation (airbench whitens normalised
+    pixels), so `WHITENING_EPSILON` weighs as it does there; the kernel still
+    takes the layer's own input.
 
     Example:
 
@@ -499,6 +566,10 @@ class PatchWhitening(layers.Layer):
     >>> bool(np.allclose(np.cov(whitened, rowvar=False), np.eye(12), atol=0.05))
     True
     """
+
+    def __init__(self, standardise=False, **kwargs):
+        super().__init__(**kwargs)
+        self.standardise = bool(standardise)
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -511,14 +582,20 @@ class PatchWhitening(layers.Layer):
         if not self.built:
             self.build(images.shape)
         mean, covariance = patch_statistics(images, WHITENING_PATCH)
-        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-        filters = eigenvectors / np.sqrt(eigenvalues + WHITENING_EPSILON)
+        scale = np.ones(len(mean))
+        if self.standardise:  # one standard deviation per channel, tiled in the kernel's order (rows, columns, channels)
+            scale = np.tile(np.asarray(images, dtype="float64").std(axis=(0, 1, 2)), WHITENING_PATCH * WHITENING_PATCH)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance / np.outer(scale, scale))
+        filters = eigenvectors / np.sqrt(eigenvalues + WHITENING_EPSILON) / scale[:, None]
         kernel = np.concatenate([filters, -filters], axis=1)
         self.kernel.assign(kernel.reshape(WHITENING_PATCH, WHITENING_PATCH, images.shape[-1], -1).astype("float32"))
         self.bias.assign((-mean @ kernel).astype("float32"))
 
     def call(self, images):
         return ops.conv(images, self.kernel, padding="valid") + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "standardise": self.standardise}
 
     def compute_output_shape(self, input_shape):
         size = WHITENING_PATCH

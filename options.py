@@ -72,7 +72,7 @@ def build_parser():
     add("-e", "--epochs", type=int, default=None, help=f"training epochs (default: the recipe's, {_recipe_defaults('epochs')})")
     add("-s", "--verbose", type=int, choices=(0, 1), default=1, help="0 silent, 1 progress bars and logs (default: %(default)s)")
     add("-t", "--top", default=None, help=f"k of mAP@k and precision@k, or 'all' for the whole database (default: the protocol's, {protocols.DEFAULT_TOP['dlbhc']} for dlbhc, clipped to the database size)")
-    add("-o", "--optimizer", default=None, help=f"adadelta or 1 (lr 1.0), sgd or 2 (lr 0.01, Nesterov momentum 0.9), adam (lr 0.001) (default: the recipe's, {_recipe_defaults('optimizer')})")
+    add("-o", "--optimizer", default=None, help=f"adadelta or 1 (lr 1.0), sgd or 2 (lr 0.01, Nesterov momentum 0.9), adam (lr 0.001), muon (airbench's: orthogonalised steps for the convolution filters at --filter-lr, Nesterov SGD at momentum 0.85 for the rest at --lr) (default: the recipe's, {_recipe_defaults('optimizer')})")
     add("-a", "--extra-layer", type=int, choices=(1, 2), default=1, help="1 no, 2 yes: a Dense(512)+ReLU block before the latent layer (default: %(default)s)")
     add("-c", "--code-type", default=None, help="target codewords of --method dbr: 1 or origin (12-bit lexicode), 2 or hamming74 (default: origin)")
     add("-n", "--train-size", type=int, default=None, help="seeded class-balanced draw of N training images, used for training and as the database (default: all)")
@@ -104,6 +104,13 @@ def build_parser():
     add("--no-tta", dest="tta", action="store_const", const=V.NO_TTA, help="--tta none")
     add("--norm-bias-lr-scale", type=float, default=None, help=f"learning rate of the batch norm biases as a multiple of the rest's, positive (default: the recipe's, {_recipe_defaults('norm_bias_lr_scale')}; none: 1)")
     add("--weight-averaging", action=argparse.BooleanOptionalAction, default=None, help=f"lookahead, the speed-runs' weight averaging: from the 4th epoch, every 5 steps the weights move into a running average and training continues from it (default: the recipe's, {_recipe_defaults('weight_averaging')})")
+    add("--filter-lr", type=float, default=None, help=f"--optimizer muon: (peak) rate of the convolution filters' orthogonalised steps, positive (default: the recipe's, {_recipe_defaults('filter_lr')})")
+    add("--whitening-bias-epochs", type=int, default=None, help=f"--optimizer muon: train the whitening layer's bias for these first epochs only, its rate falling to 0 over them (default: the recipe's, {_recipe_defaults('whitening_bias_epochs')}; none: every epoch)")
+    add("--flip", default=None, help=f"how the augmentation mirrors colour images: random (each image, each time, in the model) or alternating (airbench's: a random half first, then every image the other way each epoch, in the data feed) (default: the recipe's, {_recipe_defaults('flip')})")
+    add("--pooling", default=None, help=f"--arch speedrun: same (odd sides padded before each 2x2 max pool) or floor (the last row and column dropped, airbench's) (default: the recipe's, {_recipe_defaults('pooling')})")
+    add("--batch-norm-epsilon", type=float, default=None, help=f"--arch speedrun: epsilon of its batch norms, positive (default: the recipe's, {_recipe_defaults('batch_norm_epsilon')})")
+    add("--init", default=None, help=f"--arch speedrun: its 3x3 filters beyond the identity channels: he (uniform) or pytorch (uniform within 1/sqrt(fan in), airbench's) (default: the recipe's, {_recipe_defaults('init')})")
+    add("--whitening", default=None, help=f"--arch speedrun: whitening epsilon added on pixels (scaled to [0, 1]) or standardised ones (each channel divided by its standard deviation, airbench's) (default: the recipe's, {_recipe_defaults('whitening')})")
     add("--loss-scale", type=float, default=None, help=f"factor on the method's loss, positive: what a method needs of its own under a recipe's learning rate (default: the recipe's, {_recipe_defaults('loss_scale')}; recipes.METHOD_SETTINGS)")
     add("--seed", type=int, default=DEFAULTS["seed"], help="seed of the splits, the query draw and training (default: %(default)s)")
     add("--protocol", default=None, help=f"evaluation protocol: {', '.join(protocols.PROTOCOLS)} (default: dlbhc for the named datasets, folder for folder:/list: data); see protocols.py")
@@ -184,6 +191,7 @@ def resolve_args(args):
         "norm_bias_lr_scale": args.norm_bias_lr_scale,
         "weight_averaging": args.weight_averaging,
         "loss_scale": args.loss_scale,
+        **{key: getattr(args, key) for key in recipes.NO_CRAFT},
         "seed": args.seed,
         "val_size": args.val_size,
         "protocol": args.protocol or protocols.default_protocol(args.dataset),
@@ -289,9 +297,20 @@ def _check_training_options(args):
         _check_choice("--augment", args.augment, V.AUGMENTATIONS)
     if args.tta is not None:
         _check_choice("--tta", args.tta, V.TTA_MODES)
-    for flag, value in (("--norm-bias-lr-scale", args.norm_bias_lr_scale), ("--loss-scale", args.loss_scale)):
+    for flag, value in (("--norm-bias-lr-scale", args.norm_bias_lr_scale), ("--loss-scale", args.loss_scale),
+                        ("--filter-lr", args.filter_lr), ("--batch-norm-epsilon", args.batch_norm_epsilon)):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be positive, got {value}")
+    if args.whitening_bias_epochs is not None and args.whitening_bias_epochs < 1:
+        raise UsageError(f"--whitening-bias-epochs must be at least 1, got {args.whitening_bias_epochs}")
+    for flag, value, choices in (("--flip", args.flip, V.FLIPS), ("--pooling", args.pooling, ("same", "floor")),
+                                 ("--init", args.init, ("he", "pytorch")), ("--whitening", args.whitening, ("pixels", "standardised"))):
+        if value is not None:
+            _check_choice(flag, value, choices)
+    craft = [flag for flag, value in (("--pooling", args.pooling), ("--batch-norm-epsilon", args.batch_norm_epsilon), ("--init", args.init),
+                                      ("--whitening", args.whitening)) if value is not None]
+    if craft and args.arch != V.GROWTH_ARCH:
+        raise UsageError(f"{craft[0]} applies to --arch {V.GROWTH_ARCH} only, not --arch {args.arch}")
     if args.label_smoothing is not None:
         if not 0 <= args.label_smoothing < 1:
             raise UsageError(f"--label-smoothing must be at least 0 and below 1, got {args.label_smoothing}")

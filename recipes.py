@@ -34,8 +34,14 @@ import vocabulary
 
 AUTO = "auto"
 SPEEDRUN = "speedrun"
+AIRBENCH = "airbench"
 DBR = "dbr"
 CLASSIC = "classic"
+# The settings of the speed-run network's own craft (models.SpeedrunCraft, Muon's filter rate, the
+# whitening bias's epochs, the flip): `None` in a recipe for networks that have none of it.
+NO_CRAFT = {"filter_lr": None, "whitening_bias_epochs": None, "flip": "random", "pooling": None,
+            "batch_norm_epsilon": None, "init": None, "whitening": None}
+SPEEDRUN_CRAFT = {**NO_CRAFT, "pooling": "same", "batch_norm_epsilon": 1e-3, "init": "he", "whitening": "pixels"}
 
 RECIPES = {
     SPEEDRUN: {
@@ -53,6 +59,7 @@ RECIPES = {
         "label_smoothing": 0.2,
         "loss_scale": 1.0,
         "tta": "flip-shift",  # 0.005 above flip alone on validation at full scale (docs/recipes.md)
+        **SPEEDRUN_CRAFT,
     },
     DBR: {
         "epochs": 20,
@@ -69,6 +76,7 @@ RECIPES = {
         "label_smoothing": 0.0,
         "loss_scale": 1.0,
         "tta": vocabulary.NO_TTA,
+        **NO_CRAFT,
     },
     CLASSIC: {
         "epochs": 20,
@@ -85,7 +93,27 @@ RECIPES = {
         "label_smoothing": 0.0,
         "loss_scale": 1.0,
         "tta": vocabulary.NO_TTA,
+        **NO_CRAFT,
     },
+}
+# airbench94_muon (Jordan 2024) ported: its full width, 8 epochs of batches of 2,000, Muon on
+# the filters at 0.24 with every rate falling straight to zero, the whitening bias trained for
+# 3 epochs, alternating flips, and its network's details (models.SpeedrunCraft). The hashing
+# layers and the biases keep the speed-run recipe's SGD rates.
+RECIPES[AIRBENCH] = {
+    **RECIPES[SPEEDRUN],
+    "epochs": 8,
+    "batch_size": 2000,
+    "optimizer": "muon",
+    "schedule": "linear",
+    "width": 64,
+    "filter_lr": 0.24,
+    "whitening_bias_epochs": 3,
+    "flip": "alternating",
+    "pooling": "floor",
+    "batch_norm_epsilon": 1e-12,
+    "init": "pytorch",
+    "whitening": "standardised",
 }
 NAMES = (AUTO, *RECIPES)
 ARCH_RECIPES = {"speedrun": SPEEDRUN, "dbr": DBR}  # any other arch: CLASSIC
@@ -121,6 +149,7 @@ SHORT_SMALL_DATA = {"dlbhc": {"growth": 3, "lr": 2 * SMALL_DATA["lr"]}}
 METHOD_SETTINGS = {
     SPEEDRUN: {"dbr": {"loss_scale": 8.0}, "hadamard": {"loss_scale": 8.0}, "dnnh": {"loss_scale": 0.1}},
 }
+METHOD_SETTINGS[AIRBENCH] = METHOD_SETTINGS[SPEEDRUN]
 
 
 def rate_for_batch(rate, recipe_batch_size, batch_size):
@@ -183,7 +212,7 @@ def fill(config, recipe, colour, train_size):
     ('flip', 32, 3, 0.3, 'flip')
     """
     settings = dict(RECIPES[recipe])
-    small = recipe == SPEEDRUN and train_size < SMALL_DATA_IMAGES
+    small = recipe == SPEEDRUN and train_size < SMALL_DATA_IMAGES  # the airbench recipe is for full scale only
     if small:
         settings.update(SMALL_DATA)
     short = recipe == SPEEDRUN and (config.get("epochs") or settings["epochs"]) * train_size < SHORT_TRAINING_IMAGES
@@ -197,10 +226,11 @@ def fill(config, recipe, colour, train_size):
     if config["arch"] not in vocabulary.WIDTH_ARCHS:
         settings["width"] = None
     if config["arch"] != vocabulary.GROWTH_ARCH:
-        settings["growth"] = None
+        settings.update(growth=None, **{key: value for key, value in NO_CRAFT.items() if key != "flip"})
     if not vocabulary.applies("label_smoothing", config["method"]):
         settings["label_smoothing"] = None
     if not colour:
         settings["tta"] = vocabulary.NO_TTA
+        settings["flip"] = "random"  # no mirroring at all: models.py mirrors colour images only
     filled = {key: value if config.get(key) is None else config[key] for key, value in settings.items()}
     return {**config, **filled, "recipe": recipe}

@@ -269,26 +269,31 @@ def method_for(config, num_classes):
         raise UsageError(str(error)) from None
 
 
-def compiled_model(config, method, input_shape, total_steps, jit_compile="auto"):
+def compiled_model(config, method, input_shape, steps_per_epoch, jit_compile="auto"):
     """The run's training model for images of `input_shape`, compiled with its optimiser, loss and metrics.
 
-    `total_steps` sizes the learning-rate schedule; `jit_compile` is Keras's
+    `steps_per_epoch` sizes the learning-rate schedule; `jit_compile` is Keras's
     (`"auto"`: XLA wherever Keras uses it). `bench/step_bench.py` times the step this compiles.
     """
     import models
     import train
 
+    craft = {key: config[key] for key in models.SpeedrunCraft._fields if config.get(key) is not None}
     encoder = models.build_encoder(
         config["arch"], input_shape, config["bits"], config.get("extra_layer", False),
         weights=None if config.get("weights", "none") == "none" else config["weights"],
         input_size=config.get("backbone_size"), freeze_backbone=config.get("freeze_backbone", False),
         augment=config.get("augment"), width=config.get("width"), growth=config.get("growth"),
+        flip=config.get("flip") or models.RANDOM_FLIP, craft=models.SpeedrunCraft(**craft) if craft else None,
     )
     model = method.training_model(encoder)
+    total_steps = max(1, config["epochs"] * steps_per_epoch)
+    whitening_epochs = config.get("whitening_bias_epochs")
     model.compile(
         optimizer=train.make_optimizer(
             config["optimizer"], config["lr"], config["schedule"], backbone_lr_scale=config.get("backbone_lr_scale"),
             total_steps=total_steps, weight_decay=config.get("weight_decay"), norm_bias_lr_scale=config.get("norm_bias_lr_scale"),
+            filter_lr=config.get("filter_lr"), whitening_bias_steps=whitening_epochs * steps_per_epoch if whitening_epochs else None,
         ),
         loss=method.loss(),
         loss_weights=[config.get("loss_scale") or 1.0],
@@ -323,12 +328,13 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         training_batches = batches.ClassBalancedBatches(x, targets, y, config["classes_per_batch"], config["images_per_class"], seed=config["seed"])
         steps_per_epoch = len(training_batches)
     else:
-        training_batches, steps_per_epoch = placement.training_batches(x, targets, config["batch_size"], config["seed"], start_epoch)
+        training_batches, steps_per_epoch = placement.training_batches(
+            x, targets, config["batch_size"], config["seed"], start_epoch, alternating_flip=config.get("flip") == "alternating")
     total_steps = max(1, config["epochs"] * steps_per_epoch)
     weight_callbacks = [train.Lookahead(steps_per_epoch, total_steps)] if config.get("weight_averaging") else []
     with placement.scope():
         try:
-            model = compiled_model(config, method, x.shape[1:], total_steps)
+            model = compiled_model(config, method, x.shape[1:], steps_per_epoch)
         except backbones.WeightsError as error:
             raise UsageError(str(error)) from None
         if verbose and train.gpu_count() and not model.jit_compile:

@@ -36,6 +36,15 @@ OPTIMIZERS = {
     "sgd": (keras.optimizers.SGD, {"learning_rate": 0.01, "momentum": 0.9, "nesterov": True}),
     "adam": (keras.optimizers.Adam, {"learning_rate": 0.001}),
 }
+# airbench94_muon's optimiser (`Muon` below): Nesterov SGD at momentum 0.85 for everything but
+# the convolution filters, which take orthogonalised Nesterov steps at momentum 0.6.
+MUON = "muon"
+MUON_SGD_MOMENTUM = 0.85
+MUON_FILTER_MOMENTUM = 0.6
+# Newton-Schulz iterations that orthogonalise a filter bank's update, and the quintic's
+# coefficients (Jordan et al. 2024: the steepest slope at zero that still converges).
+NEWTON_SCHULZ_STEPS = 3
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 SCHEDULES = vocabulary.SCHEDULES
 # Share of all steps spent warming the rate up from zero under the cosine schedule.
 WARMUP_FRACTION = 0.05
@@ -65,11 +74,12 @@ CHECKPOINT_METADATA_BYTES = 2**20
 
 
 def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=None, backbone_lr_scale=None, weight_decay=None,
-                   norm_bias_lr_scale=None):
+                   norm_bias_lr_scale=None, filter_lr=None, whitening_bias_steps=None):
     """Builds an optimiser by name with the original tool's settings.
 
     Args:
-        name: `"adadelta"`, `"sgd"` or `"adam"`.
+        name: `"adadelta"`, `"sgd"`, `"adam"`, or `"muon"` (`Muon`: airbench's
+            orthogonalised steps on convolution filters, Nesterov SGD on the rest).
         learning_rate: overrides the optimiser's default (peak) rate. Defaults to `None`.
         schedule: `"constant"`, or `"cosine"`: a linear warm-up over the first
             `WARMUP_FRACTION` of the steps, then cosine decay to zero at
@@ -85,12 +95,20 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         norm_bias_lr_scale: a factor on the learning rate of batch norm biases
             (`models.is_norm_bias`), as the speed-runs train them faster; the
             optimiser is then a `RateScaleMixin` variant. Defaults to `None` (1).
+        filter_lr: `"muon"` only: the (peak) rate of the convolution filters' steps,
+            which follow the schedule's shape. Defaults to `None` (`learning_rate`).
+        whitening_bias_steps: `"muon"` only: the whitening layer's bias trains
+            for these first steps only, its rate (`learning_rate` x
+            `norm_bias_lr_scale`) falling straight to zero over them, as
+            airbench's does. Defaults to `None`: it trains like the other biases.
 
     Returns:
         A `keras.optimizers.Optimizer`.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"`optimizer` must be one of {tuple(OPTIMIZERS)}. Received: optimizer={name!r}")
+    if name not in (*OPTIMIZERS, MUON):
+        raise ValueError(f"`optimizer` must be one of {(*OPTIMIZERS, MUON)}. Received: optimizer={name!r}")
+    if name == MUON:
+        return _muon(learning_rate, schedule, total_steps, weight_decay, norm_bias_lr_scale, filter_lr, whitening_bias_steps)
     if schedule not in SCHEDULES:
         raise ValueError(f"`schedule` must be one of {SCHEDULES}. Received: schedule={schedule!r}")
     optimizer_class, defaults = OPTIMIZERS[name]
@@ -99,15 +117,39 @@ def make_optimizer(name, learning_rate=None, schedule="constant", total_steps=No
         settings["learning_rate"] = learning_rate
     if weight_decay:
         settings["weight_decay"] = weight_decay
-    if schedule == "cosine":
-        settings["learning_rate"] = _warmup_cosine(settings["learning_rate"], total_steps)
-    if schedule == "triangular":
-        settings["learning_rate"] = Triangular(settings["learning_rate"], _checked_steps(total_steps, schedule))
+    settings["learning_rate"] = _scheduled(settings["learning_rate"], schedule, total_steps)
     if backbone_lr_scale is not None or norm_bias_lr_scale is not None:
         optimizer_class = RATE_SCALE_OPTIMIZERS[name]
         settings.update(backbone_lr_scale=1.0 if backbone_lr_scale is None else backbone_lr_scale,
                         norm_bias_lr_scale=1.0 if norm_bias_lr_scale is None else norm_bias_lr_scale)
     return optimizer_class(**settings)
+
+
+def _scheduled(peak_rate, schedule, total_steps):
+    """The learning rate `schedule` makes of `peak_rate` over `total_steps` (a float for "constant")."""
+    if schedule == "cosine":
+        return _warmup_cosine(peak_rate, total_steps)
+    if schedule == "triangular":
+        return Triangular(peak_rate, _checked_steps(total_steps, schedule))
+    if schedule == "linear":
+        return Linear(peak_rate, _checked_steps(total_steps, schedule))
+    return peak_rate
+
+
+def _muon(learning_rate, schedule, total_steps, weight_decay, norm_bias_lr_scale, filter_lr, whitening_bias_steps):
+    """The `Muon` optimiser of `make_optimizer`: its filters' rate follows the schedule's shape."""
+    if learning_rate is None or not learning_rate > 0:
+        raise ValueError(f"The muon optimiser needs a positive `learning_rate`. Received: learning_rate={learning_rate}")
+    filter_lr = learning_rate if filter_lr is None else filter_lr
+    bias_rate = learning_rate * (1.0 if norm_bias_lr_scale is None else norm_bias_lr_scale)
+    return Muon(
+        learning_rate=_scheduled(learning_rate, schedule, total_steps),
+        weight_decay=weight_decay or None,
+        norm_bias_lr_scale=1.0 if norm_bias_lr_scale is None else norm_bias_lr_scale,
+        filter_rate_scale=filter_lr / learning_rate,
+        whitening_bias_steps=whitening_bias_steps,
+        whitening_bias_rate=bias_rate,
+    )
 
 
 def _checked_steps(total_steps, schedule):
@@ -140,6 +182,29 @@ class Triangular(keras.optimizers.schedules.LearningRateSchedule):
         rising = TRIANGLE_START + (1.0 - TRIANGLE_START) * step / peak_step
         falling = (self.total_steps - step) / max(1.0, self.total_steps - peak_step)
         return self.peak_rate * ops.clip(ops.where(step < peak_step, rising, falling), 0.0, 1.0)
+
+    def get_config(self):
+        return {"peak_rate": self.peak_rate, "total_steps": self.total_steps}
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class Linear(keras.optimizers.schedules.LearningRateSchedule):
+    """airbench94_muon's learning rate: `peak_rate` at the first step, falling straight to zero at `total_steps`.
+
+    Example:
+
+    >>> schedule = Linear(1.0, total_steps=100)
+    >>> [round(float(schedule(step)), 3) for step in (0, 25, 100, 120)]
+    [1.0, 0.75, 0.0, 0.0]
+    """
+
+    def __init__(self, peak_rate, total_steps):
+        self.peak_rate = float(peak_rate)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        return self.peak_rate * ops.clip(1.0 - step / self.total_steps, 0.0, 1.0)
 
     def get_config(self):
         return {"peak_rate": self.peak_rate, "total_steps": self.total_steps}
@@ -227,6 +292,107 @@ class RateScaleAdadelta(RateScaleMixin, keras.optimizers.Adadelta):
 
 
 RATE_SCALE_OPTIMIZERS = {"adadelta": RateScaleAdadelta, "sgd": RateScaleSGD, "adam": RateScaleAdam}
+
+
+@keras.saving.register_keras_serializable(package="deephash")
+class Muon(RateScaleSGD):
+    """airbench94_muon's optimiser: orthogonalised steps for convolution filters, Nesterov SGD for the rest.
+
+    Every trainable 4-D variable (a convolution's filter bank, kernel
+    `[rows, columns, in, out]`) takes Muon's step (Jordan et al. 2024) as
+    airbench94_muon does: its Nesterov momentum at `filter_momentum` (the
+    buffer sums raw gradients, `buffer = momentum * buffer + gradient`, and the
+    step direction is `gradient + momentum * buffer`); the filter bank is first
+    rescaled to Frobenius norm sqrt(`out`), then moved by the rate times the
+    direction orthogonalised (`orthogonalised`) as an `[rows * columns * in, out]`
+    matrix. Scaling the weights back each step makes weight decay moot for them.
+    Every other variable takes Keras's Nesterov SGD at momentum
+    `MUON_SGD_MOMENTUM`, with `RateScaleMixin`'s faster batch norm biases.
+
+    Args:
+        filter_rate_scale: the filters' rate as a multiple of the others',
+            positive (airbench: 0.24 for filters against its biases' rate).
+        filter_momentum: the filters' Nesterov momentum. Defaults to `MUON_FILTER_MOMENTUM`.
+        whitening_bias_steps: the whitening layer's bias (`models.is_whitening_bias`)
+            trains for these first steps only, at `whitening_bias_rate` falling
+            straight to zero over them. Defaults to `None`: as the other biases.
+        whitening_bias_rate: that bias's first rate. Defaults to `None`.
+        **kwargs: `RateScaleSGD`'s (`learning_rate`, `weight_decay`, `norm_bias_lr_scale`, ...).
+
+    Example:
+
+    >>> optimizer = Muon(learning_rate=1.0, filter_rate_scale=0.24)
+    >>> optimizer.momentum, optimizer.nesterov
+    (0.85, True)
+    """
+
+    def __init__(self, *args, filter_rate_scale=1.0, filter_momentum=MUON_FILTER_MOMENTUM, whitening_bias_steps=None,
+                 whitening_bias_rate=None, momentum=MUON_SGD_MOMENTUM, nesterov=True, backbone_lr_scale=1.0, **kwargs):
+        super().__init__(*args, momentum=momentum, nesterov=nesterov, backbone_lr_scale=backbone_lr_scale, **kwargs)
+        if not filter_rate_scale > 0:
+            raise ValueError(f"`filter_rate_scale` must be positive. Received: filter_rate_scale={filter_rate_scale}")
+        if whitening_bias_steps is not None and (whitening_bias_steps < 1 or whitening_bias_rate is None):
+            raise ValueError(
+                f"`whitening_bias_steps` must be at least 1, with a `whitening_bias_rate`. "
+                f"Received: whitening_bias_steps={whitening_bias_steps}, whitening_bias_rate={whitening_bias_rate}"
+            )
+        self.filter_rate_scale = float(filter_rate_scale)
+        self.filter_momentum = float(filter_momentum)
+        self.whitening_bias_steps = whitening_bias_steps
+        self.whitening_bias_rate = whitening_bias_rate
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        path = self._trainable_variables[index].path
+        if len(variable.shape) == 4:
+            return self._filter_step(gradient, variable, self.momentums[index], ops.multiply(learning_rate, self.filter_rate_scale))
+        if self.whitening_bias_steps and models.is_whitening_bias(path):
+            left = 1.0 - ops.cast(self.iterations, "float32") / self.whitening_bias_steps
+            learning_rate = ops.multiply(self.whitening_bias_rate, ops.maximum(left, 0.0))
+        return super().update_step(gradient, variable, learning_rate)
+
+    def _filter_step(self, gradient, variable, buffer, learning_rate):
+        gradient = ops.cast(gradient, variable.dtype)
+        momentum = ops.cast(self.filter_momentum, variable.dtype)
+        self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
+        direction = ops.add(gradient, ops.multiply(buffer, momentum))
+        target_norm = float(variable.shape[-1]) ** 0.5
+        rescaled = ops.multiply(variable, target_norm / (ops.norm(ops.reshape(variable, (-1,))) + 1e-12))
+        step = ops.multiply(orthogonalised(direction), ops.cast(learning_rate, variable.dtype))
+        self.assign(variable, ops.subtract(rescaled, step))
+
+    def get_config(self):
+        return {
+            **super().get_config(), "filter_rate_scale": self.filter_rate_scale, "filter_momentum": self.filter_momentum,
+            "whitening_bias_steps": self.whitening_bias_steps, "whitening_bias_rate": self.whitening_bias_rate,
+        }
+
+
+def orthogonalised(update, steps=NEWTON_SCHULZ_STEPS):
+    """Muon's update direction: `update` (any shape, last axis the outputs) with its singular values pushed towards 1.
+
+    The `[-1, out]` matrix of `update` goes through `steps` iterations of the
+    quintic Newton-Schulz map `X <- a X + (b A + c A^2) X`, `A = X X^T`, taken
+    on the orientation with fewer rows, after scaling `X` to Frobenius norm 1
+    (so every singular value starts at most 1). With airbench's 3 steps the
+    singular values land roughly in (0.5, 1.5), not exactly 1, which trains as
+    well. Float32 throughout (airbench: bfloat16).
+
+    >>> matrix = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
+    >>> singular = np.linalg.svd(keras.ops.convert_to_numpy(orthogonalised(matrix, steps=10)), compute_uv=False)
+    >>> bool(np.all((singular > 0.6) & (singular < 1.3)))
+    True
+    """
+    shape = update.shape
+    matrix = ops.reshape(update, (-1, shape[-1]))
+    wide = matrix.shape[0] <= matrix.shape[1]
+    x = matrix if wide else ops.transpose(matrix)
+    x = ops.divide(x, ops.norm(ops.reshape(x, (-1,))) + 1e-7)
+    a, b, c = NEWTON_SCHULZ_COEFFICIENTS
+    for _ in range(steps):
+        gram = ops.matmul(x, ops.transpose(x))
+        x = a * x + ops.matmul(b * gram + c * ops.matmul(gram, gram), x)
+    return ops.reshape(x if wide else ops.transpose(x), shape)
 
 
 def gpu_count():

@@ -27,6 +27,7 @@ WEIGHTS_NAMES = ("imagenet", "none")
 # Learning rate of a pretrained backbone relative to the hash head (DLBHC trained its new layers 10x faster).
 BACKBONE_LR_SCALE = 0.1
 AUGMENTATIONS = ("none", "flip", "crop-flip", "light-crop-flip")
+FLIPS = ("random", "alternating")  # how an augmentation mirrors: per image at random, or airbench's alternation
 
 # --- codes -------------------------------------------------------------------------------------
 
@@ -64,10 +65,10 @@ IMAGES_PER_CLASS = 4  # `dnnh`'s K
 
 # --- training (train.py) -----------------------------------------------------------------------
 
-OPTIMIZERS = ("adadelta", "sgd", "adam")
+OPTIMIZERS = ("adadelta", "sgd", "adam", "muon")
 # The optimisers by name and by the original tool's numeric code.
-OPTIMIZER_ALIASES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam"}
-SCHEDULES = ("constant", "cosine", "triangular")
+OPTIMIZER_ALIASES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam", "muon": "muon"}
+SCHEDULES = ("constant", "cosine", "triangular", "linear")
 
 # --- search (engines.py) -----------------------------------------------------------------------
 

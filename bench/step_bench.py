@@ -2,6 +2,7 @@
 
     python bench/step_bench.py                  # the default recipe's model, batch and step
     python bench/step_bench.py --jit-compile on --width 48 --batch-size 500
+    python bench/step_bench.py --recipe airbench --batches 4   # airbench94_muon's port: width 64, Muon, batch 2,000
 
 builds the `speedrun` network with the `dlbhc` head and the recipe's optimiser,
 weight decay and augmentation (as `retrieval.py` compiles it), fits it on
@@ -33,22 +34,25 @@ CIFAR10_TRAINING_IMAGES = 50_000
 
 
 def main(argv=None):
-    speedrun = recipes.RECIPES[recipes.SPEEDRUN]
     parser = options.ArgumentParser(prog="step_bench.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=speedrun["width"], help="channels of the first block (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=speedrun["batch_size"], help="images per step (default: %(default)s)")
+    parser.add_argument("--recipe", choices=(recipes.SPEEDRUN, recipes.AIRBENCH), default=recipes.SPEEDRUN, help="the recipe whose network, optimiser and batch are timed (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=None, help="channels of the first block (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the recipe's)")
     parser.add_argument("--batches", type=int, default=10, help="batches timed, after the warm-up (default: %(default)s)")
     parser.add_argument("--bits", type=int, default=48, help="code length (default: %(default)s)")
     parser.add_argument("--jit-compile", choices=tuple(JIT_CHOICES), default="auto", help="XLA compilation of the step (default: %(default)s, Keras's choice)")
     args = parser.parse_args(argv)
-    for flag, value in (("--width", args.width), ("--batch-size", args.batch_size), ("--batches", args.batches), ("--bits", args.bits)):
+    recipe = recipes.RECIPES[args.recipe]
+    width = recipe["width"] if args.width is None else args.width
+    batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
+    for flag, value in (("--width", width), ("--batch-size", batch_size), ("--batches", args.batches), ("--bits", args.bits)):
         if value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
-    print(json.dumps(measure(args.width, args.batch_size, args.batches, args.bits, JIT_CHOICES[args.jit_compile])))
+    print(json.dumps(measure(width, batch_size, args.batches, args.bits, JIT_CHOICES[args.jit_compile], args.recipe)))
     return 0
 
 
-def measure(width, batch_size, batches, bits, jit_compile):
+def measure(width, batch_size, batches, bits, jit_compile, recipe=recipes.SPEEDRUN):
     """Builds and compiles the recipe's model as `retrieval.py` does, warms it up, and times `batches` training steps."""
     import keras
 
@@ -58,9 +62,10 @@ def measure(width, batch_size, batches, bits, jit_compile):
 
     keras.utils.set_random_seed(0)
     config = {"arch": "speedrun", "method": "dlbhc", "bits": bits, "code_type": None, "width": width, "batch_size": batch_size}
-    config = recipes.fill(config, recipes.SPEEDRUN, colour=True, train_size=CIFAR10_TRAINING_IMAGES)
+    config = recipes.fill(config, recipe, colour=True, train_size=CIFAR10_TRAINING_IMAGES)
     method = retrieval.method_for(config, NUM_CLASSES)
     total_steps = WARMUP_BATCHES + batches
+    config["epochs"] = 1  # the schedule spans the steps run here
     model = retrieval.compiled_model(config, method, IMAGE_SHAPE, total_steps, jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (total_steps * batch_size, *IMAGE_SHAPE), dtype=np.uint8)
@@ -72,7 +77,7 @@ def measure(width, batch_size, batches, bits, jit_compile):
     model.fit(images[warmup:], targets[warmup:], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
     seconds = time.perf_counter() - started
     return {
-        "device": train.device_description(), "jit_compile": bool(model.jit_compile), "width": width, "batch_size": batch_size,
+        "device": train.device_description(), "recipe": recipe, "jit_compile": bool(model.jit_compile), "width": width, "batch_size": batch_size,
         "batches": batches, "seconds": round(seconds, 3), "images_per_second": round(batches * batch_size / seconds, 1),
     }
 
