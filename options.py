@@ -105,7 +105,7 @@ def build_parser():
     add("--norm-bias-lr-scale", type=float, default=None, help=f"learning rate of the batch norm biases as a multiple of the rest's, positive (default: the recipe's, {_recipe_defaults('norm_bias_lr_scale')}; none: 1)")
     add("--weight-averaging", action=argparse.BooleanOptionalAction, default=None, help=f"lookahead, the speed-runs' weight averaging: from the 4th epoch, every 5 steps the weights move into a running average and training continues from it (default: the recipe's, {_recipe_defaults('weight_averaging')})")
     add("--filter-lr", type=float, default=None, help=f"--optimizer muon: (peak) rate of the convolution filters' orthogonalised steps, positive (default: the recipe's, {_recipe_defaults('filter_lr')})")
-    add("--whitening-bias-epochs", type=int, default=None, help=f"--optimizer muon: train the whitening layer's bias for these first epochs only, its rate falling to 0 over them (default: the recipe's, {_recipe_defaults('whitening_bias_epochs')}; none: every epoch)")
+    add("--whitening-bias-epochs", type=int, default=None, help=f"--optimizer muon: train the whitening layer's bias for these first epochs only, its rate falling to 0 over them; 0: every epoch, as the other variables (default: the recipe's, {_recipe_defaults('whitening_bias_epochs')}; none: every epoch)")
     add("--flip", default=None, help=f"how the augmentation mirrors colour images: random (each image, each time, in the model) or alternating (airbench's: a random half first, then every image the other way each epoch, in the data feed) (default: the recipe's, {_recipe_defaults('flip')})")
     add("--pooling", default=None, help=f"--arch speedrun: same (odd sides padded before each 2x2 max pool) or floor (the last row and column dropped, airbench's) (default: the recipe's, {_recipe_defaults('pooling')})")
     add("--batch-norm-epsilon", type=float, default=None, help=f"--arch speedrun: epsilon of its batch norms, positive (default: the recipe's, {_recipe_defaults('batch_norm_epsilon')})")
@@ -301,8 +301,8 @@ def _check_training_options(args):
                         ("--filter-lr", args.filter_lr), ("--batch-norm-epsilon", args.batch_norm_epsilon)):
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be positive, got {value}")
-    if args.whitening_bias_epochs is not None and args.whitening_bias_epochs < 1:
-        raise UsageError(f"--whitening-bias-epochs must be at least 1, got {args.whitening_bias_epochs}")
+    if args.whitening_bias_epochs is not None and args.whitening_bias_epochs < 0:
+        raise UsageError(f"--whitening-bias-epochs must be 0 or more, got {args.whitening_bias_epochs}")
     for flag, value, choices in (("--flip", args.flip, V.FLIPS), ("--pooling", args.pooling, ("same", "floor")),
                                  ("--init", args.init, ("he", "pytorch")), ("--whitening", args.whitening, ("pixels", "standardised"))):
         if value is not None:

@@ -14,7 +14,6 @@ second, not a model build; a mistake ends with a one-line message and exit
 status 2, and never touches an earlier run's files.
 """
 
-import os
 import shlex
 import shutil
 import sys
@@ -28,14 +27,11 @@ import data
 import devices
 import options
 import protocols
+import quiet
 import recipes
 import rundir
 import vocabulary as V
 from options import UsageError
-
-
-# TensorFlow's C++ start-up notices (oneDNN, CPU features) drown the progress bars.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def run(config, verbose=1, resume=False, callbacks=()):
@@ -59,7 +55,9 @@ def run(config, verbose=1, resume=False, callbacks=()):
 
     timings = {}
     started = time.perf_counter()
-    split, num_classes, train_x, train_y, db_x, db_y, query_x, query_y = load_arrays(config)
+    arrays = load_arrays(config)
+    split, train_x, train_y, db_x, db_y, query_x, query_y = (arrays.split, arrays.train_x, arrays.train_y, arrays.db_x, arrays.db_y,
+                                                             arrays.query_x, arrays.query_y)
     top, note = protocols.resolve_top(config["top"], len(db_y), split.top)
     if note:
         log(note)
@@ -84,8 +82,8 @@ def run(config, verbose=1, resume=False, callbacks=()):
 
     keras.utils.set_random_seed(config["seed"])
     precision_policy = train.use_mixed_precision_on_gpu()
-    method = method_for(config, num_classes)
-    log(f"training on {train.device_description()}")
+    method = method_for(config, len(arrays.class_names))
+    log(_plan(config, arrays, train.device_description()))
     model, trained_epochs, timings["train_seconds"] = _trained_model(config, method, train_x, train_y, out, verbose, callbacks)
 
     started = time.perf_counter()
@@ -105,6 +103,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
     title = f"{config['dataset']} {config['method']} {config['arch']} {config['bits']} bits"
     _save_plot(out / rundir.PLOT_FILE, scores["precision_at_k"], title)
     _save_pr_curve(out / rundir.PR_CURVE_FILE, scores["pr_curve"], title)
+    _save_code_figures(out, arrays, db_bits, query_bits, top, scores["mAP"], config["seed"])
     metrics = {
         "bits": config["bits"],
         "dataset": config["dataset"],
@@ -124,6 +123,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
         "protocol": split.protocol,
         "split_seed": config["seed"],
         "query_source": _query_source(config),
+        "class_names": list(arrays.class_names),
         "num_train": len(train_y),
         "num_queries": len(query_y),
         "num_database": len(db_y),
@@ -143,17 +143,17 @@ def run(config, verbose=1, resume=False, callbacks=()):
         f"mAP@{top} = {scores['mAP']:.4f}, precision@{top} = {scores['precision']:.4f}, "
         f"mAP@all = {scores['mAP_all']:.4f}, float mAP@{top} = {float_scores['mAP']:.4f} "
         f"({len(query_y)} {_query_source(config)} queries vs {len(db_y)} database images, {config['bits']} bits, "
-        f"protocol {split.protocol}{_overrides(config)}); "
-        f"results in {out}"
+        f"protocol {split.protocol}{_overrides(config)})"
     )
+    log(f"results in {out}: {', '.join(name for name in rundir.RUN_FILES if (out / name).is_file())}")
     return metrics
 
 
 class Arrays(NamedTuple):
-    """A run's split, its number of classes, and the images and labels of its three roles."""
+    """A run's split, its class names, and the images and labels of its three roles."""
 
     split: protocols.Split
-    num_classes: int
+    class_names: tuple
     train_x: np.ndarray
     train_y: np.ndarray
     db_x: np.ndarray
@@ -171,7 +171,7 @@ def load_arrays(config):
     images = (dataset.x_train, dataset.x_test, getattr(dataset, "x_db", None))
     labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
     roles = (items.gather(source) for items in (split.train, split.database, split.queries) for source in (images, labels))
-    return Arrays(split, len(dataset.class_names), *roles)
+    return Arrays(split, tuple(dataset.class_names), *roles)
 
 
 def _check_trained_on(split, dataset, config):
@@ -208,6 +208,15 @@ def _load(config):
         )
     except data.DataError as error:
         raise UsageError(str(error)) from None
+
+
+def _plan(config, arrays, device):
+    """What the run will do, in two lines: its data and sizes; its method, code length, recipe and training."""
+    queries = f"{len(arrays.query_y):,} {_query_source(config)} queries"
+    batches = "P x K class batches" if config["method"] in V.CLASS_BATCH_METHODS else f"batches of {config['batch_size']:,}"
+    return (f"{config['dataset']}: {len(arrays.train_y):,} training images, {len(arrays.db_y):,} database images, {queries}\n"
+            f"{config['method']}, {config['bits']} bits, {config['arch']} network, {config['recipe']} recipe: "
+            f"{config['epochs']} epochs of {batches}, {config['optimizer']}; training on {device}")
 
 
 def _query_source(config):
@@ -344,8 +353,9 @@ def _trained_model(config, method, x, y, out, verbose, callbacks):
         if start_epoch and verbose:
             print(f"resuming from epoch {start_epoch} of {config['epochs']}")
         seconds_before, started = train.checkpoint_seconds(backup_dir), time.perf_counter()
-        train.fit_resumable(model, training_batches, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose, callbacks=callbacks,
-                            weight_callbacks=weight_callbacks)
+        estimate = [train.TimeEstimate(config["epochs"] - start_epoch)] if verbose else []
+        train.fit_resumable(model, training_batches, epochs=config["epochs"], backup_dir=backup_dir, verbose=verbose,
+                            callbacks=[*estimate, *callbacks], weight_callbacks=weight_callbacks)
         seconds = seconds_before + time.perf_counter() - started
     models.unsynchronize_batch_norm(model)
     with rundir.atomic_path(model_path) as temporary:
@@ -367,6 +377,20 @@ def encode_split(scorer, db_x, query_x, query_y, tta):
         return db_out, query_out, None
     accuracy = float(np.mean(np.argmax(query_out[1], axis=1) == query_y))
     return db_out[0], query_out[0], accuracy
+
+
+def _save_code_figures(out, arrays, db_bits, query_bits, top, mean_ap, seed):
+    """`retrieved.png`, `distances.png` and `bits.png` from the run's codes and the images it holds."""
+    from plots.bits import save_bits
+    from plots.distances import save_distances
+    from plots.retrieved import choose_queries, save_retrieved
+
+    queries = choose_queries(len(query_bits), seed=seed)
+    save_retrieved(out / rundir.RETRIEVED_FILE, queries, arrays.query_x, arrays.query_y, query_bits, arrays.db_x, arrays.db_y, db_bits,
+                   class_names=arrays.class_names)
+    codes = {"db_bits": db_bits, "query_bits": query_bits, "db_labels": arrays.db_y, "query_labels": arrays.query_y}
+    save_distances(codes, {"top": top, f"mAP@{top}": mean_ap}, out / rundir.DISTANCES_FILE)
+    save_bits(codes, out / rundir.BITS_FILE, arrays.class_names)
 
 
 def _save_plot(path, precision_at_k, title):
@@ -432,6 +456,7 @@ def main(argv=None):
         with rundir.run_lock(out):
             if not args.resume:  # again under the lock: a run that held it may have written the folder
                 rundir.check_out_dir(out, overwrite=args.overwrite)
+            quiet.import_keras()
             run(config, verbose=args.verbose, resume=args.resume)
     return 0
 

@@ -33,7 +33,10 @@ PLOT_FILE = "precision_at_k.png"
 PR_CURVE_FILE = "pr_curve.png"
 BACKUP_DIR = "backup"
 LOCK_FILE = ".lock"  # held by the live run; never removed, so two runs always lock the same file
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, CODES_FILE, PLOT_FILE, PR_CURVE_FILE)
+RETRIEVED_FILE = "retrieved.png"  # a few queries and the images their codes retrieve
+DISTANCES_FILE = "distances.png"  # Hamming distances of same-label and other pairs
+BITS_FILE = "bits.png"  # each class's mean code
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, MODEL_FILE, CODES_FILE, PLOT_FILE, PR_CURVE_FILE, RETRIEVED_FILE, DISTANCES_FILE, BITS_FILE)
 # The mode `open()` creates files with, before the umask takes its bits away.
 NEW_FILE_MODE = 0o666
 # Room asked for HDF5's own structures, beyond the arrays, before an HDF5 file is written.
@@ -293,6 +296,14 @@ def write_codes(path, db_bits, query_bits, db_labels, query_labels, split):
         # Twice the arrays' bytes: labels are stored as int64, which may be wider than they come.
         no_space(sum(np.asarray(array).nbytes * 2 for array in arrays) + HDF5_METADATA_BYTES, Path(path).parent)
         _write_codes(temporary, db_bits, query_bits, db_labels, query_labels, split)
+
+
+def read_codes(path):
+    """The arrays of a `codes.h5` (`write_codes`), by name: bits, labels, indices and sources of database and queries."""
+    import h5py
+
+    with h5py.File(path, "r") as codes:
+        return {name: codes[name][()] for name in codes}
 
 
 def _write_codes(temporary, db_bits, query_bits, db_labels, query_labels, split):

@@ -25,7 +25,6 @@ message and exit status 2, and never changes the index.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import data
 import index as index_file
 import options
 import own_images
+import quiet
 import rundir
 import vocabulary
 
@@ -46,8 +46,6 @@ GRID_IMAGE_SIZE = 96  # pixels, the side of each folder image drawn in the grid
 DATASET_ORDER_SEED = 0  # the seed of the order `encode --dataset` stores a dataset in
 FALLBACK_INPUT_SIZE = data.DEFAULT_IMAGE_SIZE  # for a model whose input size is not fixed
 TTA_ATTR = "tta"  # the index attribute holding the test-time augmentation mode of its codes
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 class UsageError(Exception):
@@ -242,7 +240,7 @@ def _encode_images(encoder, features_model, images, tta):
 
 def _load_encoder(model_path, features="none"):
     """The encoder of a saved model, its weights' fingerprint, and a model giving (latent, features)."""
-    import keras
+    keras = quiet.import_keras()
 
     import methods  # noqa: F401  (registers the custom losses and layers that model.keras files name)
     import models

@@ -522,6 +522,45 @@ class Lookahead(keras.callbacks.Callback):
         return [weight for weight in self.model.weights if "float" in str(weight.dtype)]
 
 
+class TimeEstimate(keras.callbacks.Callback):
+    """Prints, after the first epoch of a `fit`, about how long all its `epochs` will take.
+
+    The first epoch holds the tracing (and compilation) of the step, so the
+    estimate errs long. It is printed as the second epoch begins, after the
+    progress bar has closed the first one's line.
+    """
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = int(epochs)
+        self.started, self.first_epoch_seconds, self.printed = None, None, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.started is None:
+            self.started = time.perf_counter()
+        elif self.first_epoch_seconds is not None and not self.printed:
+            self.printed = True
+            seconds = self.first_epoch_seconds
+            print(f"the first epoch took {seconds:.0f} s: the {self.epochs} epochs will take about {_duration(seconds * self.epochs)}", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.first_epoch_seconds is None:
+            self.first_epoch_seconds = time.perf_counter() - self.started
+
+
+def _duration(seconds):
+    """'45 s', '12 min', '1.5 h'.
+
+    >>> _duration(45), _duration(720), _duration(5400)
+    ('45 s', '12 min', '1.5 h')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the weights and the optimiser's state after every epoch, atomically, keeping only the newest.
 

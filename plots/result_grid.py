@@ -10,8 +10,8 @@ RELEVANT_COLOUR, IRRELEVANT_COLOUR = "#1a9641", "#d7191c"
 CELL_INCHES = 1.3
 
 
-def plot_result_grid(query_images, result_images, distances, path, relevant=None, query_titles=None):
-    """Draws each query beside its results, titled with their Hamming distance, and saves a PNG.
+def plot_result_grid(query_images, result_images, distances, path, relevant=None, query_titles=None, result_titles=None):
+    """Draws each query beside its results, titled with their Hamming distance, saves a PNG and returns the figure.
 
     Args:
         query_images: one uint8 image `(h, w, 3)` or `(h, w, 1)` per query.
@@ -21,6 +21,8 @@ def plot_result_grid(query_images, result_images, distances, path, relevant=None
         relevant: per query, one bool per result (shares the query's label), drawn as a green or
             red border; `None` (or a `None` row) when labels are unknown. Defaults to `None`.
         query_titles: one short title per query. Defaults to `None`: "query".
+        result_titles: per query, a short line under each result's distance (a file name).
+            Defaults to `None`: the distance alone.
     """
     if len(result_images) != len(query_images) or len(distances) != len(query_images):
         raise ValueError(
@@ -38,10 +40,14 @@ def plot_result_grid(query_images, result_images, distances, path, relevant=None
                 axes[row, column].axis("off")
                 continue
             is_relevant = None if relevant is None or relevant[row] is None else bool(relevant[row][position])
-            _show(axes[row, column], result_images[row][position], f"d={int(distances[row][position])}", is_relevant)
+            title = f"d={int(distances[row][position])}"
+            if result_titles is not None:
+                title += f"\n{result_titles[row][position]}"
+            _show(axes[row, column], result_images[row][position], title, is_relevant)
     figure.tight_layout()
     figure.savefig(path, format="png")
     plt.close(figure)
+    return figure
 
 
 def _show(axes, image, title, is_relevant):

@@ -110,3 +110,24 @@ def test_fit_resumable_serves_each_epoch_its_own_class_batches_on_tensorflow(tmp
     train.fit_resumable(model, data, epochs=3, backup_dir=tmp_path / "backup", verbose=0)
     # After one look at the first batch (the pipeline's shapes), every epoch reads its own batches once, in order.
     assert served == [(0, 0)] + [(epoch, index) for epoch in range(3) for index in range(4)]
+
+
+def test_alternating_flip_mirrors_a_random_half_then_every_image_the_other_way_each_epoch():
+    images = np.random.default_rng(0).integers(0, 255, (40, 4, 4, 3)).astype("uint8")
+    feed = batches.ShardedBatches(images, np.arange(40), batch_size=8, replicas=1, seed=3, alternating_flip=True)
+
+    def mirrored(epoch):
+        feed.set_epoch(epoch)
+        served = {}
+        for index in range(len(feed)):
+            x, y = feed[index]
+            served.update((int(label), not np.array_equal(image, images[label])) for image, label in zip(x, y))
+        assert all(np.array_equal(image[:, ::-1], images[label]) or np.array_equal(image, images[label]) for image, label in zip(*feed[0]))
+        return np.array([served[label] for label in range(40)])
+
+    first = mirrored(0)
+    assert 10 < first.sum() < 30  # a random half
+    np.testing.assert_array_equal(mirrored(1), ~first)
+    np.testing.assert_array_equal(mirrored(2), first)
+    np.testing.assert_array_equal(feed[0][0][0].shape, (4, 4, 3))
+    assert not np.shares_memory(feed[0][0], images)  # the training arrays are never written

@@ -7,6 +7,8 @@ from pathlib import Path
 import keras
 import pytest
 
+import options
+import recipes
 import retrieval
 import rundir
 from cli import fails_with, tiny_argv
@@ -93,7 +95,7 @@ def test_feed_bench_refuses_bad_flags_with_exit_2(capsys, argv, message):
 @pytest.mark.slow
 def test_ablate_recipe_tabulates_each_trick_changed_and_resumes(tiny_tree, tmp_path, capsys, monkeypatch):
     ablate_recipe = load_bench("ablate_recipe")
-    monkeypatch.setattr(ablate_recipe, "ABLATIONS", {"label smoothing": ["--label-smoothing", "0"]})
+    monkeypatch.setattr(ablate_recipe, "ABLATIONS", {"speedrun": {"label smoothing": ["--label-smoothing", "0"]}})
     argv = ["--data-dir", str(tiny_tree), "--out-dir", str(tmp_path), "--val-size", "20", "--", "-e", "1", "--width", "4", "--batch-size", "20"]
     assert ablate_recipe.main(argv) == 0
     table = capsys.readouterr().out.splitlines()
@@ -103,6 +105,7 @@ def test_ablate_recipe_tabulates_each_trick_changed_and_resumes(tiny_tree, tmp_p
     assert float(rows["label smoothing"][1]) == pytest.approx(float(rows["label smoothing"][0]) - full, abs=2e-4)  # each figure rounded
     reports = (tmp_path / "reports.jsonl").read_text().splitlines()
     assert len(reports) == 3 and json.loads(reports[1])["flags"][-2:] == ["--label-smoothing", "0"]
+    assert "--recipe speedrun" in " ".join(json.loads(reports[1])["flags"])
     # Run again: every report is there already, so nothing trains and the table is the same.
     assert ablate_recipe.main(argv) == 0
     again = capsys.readouterr().out
@@ -127,6 +130,17 @@ def test_step_bench_times_the_recipes_training_step(capsys):
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert report["jit_compile"] is False and (report["width"], report["batch_size"], report["batches"]) == (4, 8, 2)
     assert report["images_per_second"] == pytest.approx(16 / report["seconds"], rel=0.01)
+
+
+def test_every_airbench_ablation_is_a_valid_command_line():
+    ablate_recipe = load_bench("ablate_recipe")
+    parser = options.build_parser()
+    for flags in ablate_recipe.ABLATIONS["airbench"].values():
+        args = parser.parse_args(["--recipe", "airbench", *flags])
+        config = options.resolve_args(args)
+        filled = recipes.fill(config, recipes.AIRBENCH, colour=True, train_size=45_000)
+        key = flags[0].lstrip("-").replace("-", "_")
+        assert filled[key] != recipes.RECIPES[recipes.AIRBENCH][key]  # each sets one setting away from the recipe's
 
 
 def test_step_bench_refuses_an_empty_batch_with_exit_2(capsys):

@@ -142,6 +142,40 @@ def test_growth_sets_the_speedrun_networks_later_blocks():
         models.build_encoder("speedrun", (32, 32, 3), 8, growth=0)
 
 
+def test_speedrun_craft_sets_pooling_batch_norm_and_initialisation():
+    def encoder(**craft):
+        return models.build_encoder("speedrun", (32, 32, 3), 8, width=4, craft=models.SpeedrunCraft(**craft))
+
+    assert encoder().get_layer("block3_norm2_bn").output.shape[1:3] == (4, 4)  # 31 -> 16 -> 8 -> 4
+    floor = encoder(pooling="floor", batch_norm_epsilon=1e-12)
+    assert floor.get_layer("block3_norm2_bn").output.shape[1:3] == (3, 3)  # 31 -> 15 -> 7 -> 3, as airbench's
+    assert floor.get_layer("block1_norm1_bn").epsilon == 1e-12
+    spreads = {init: keras.ops.convert_to_numpy(encoder(init=init).get_layer("block2_conv1").kernel)[..., 4:].std() for init in ("he", "pytorch")}
+    assert spreads["pytorch"] ** 2 / spreads["he"] ** 2 == pytest.approx(1 / 6, rel=0.1)  # PyTorch's default: a sixth of He's variance
+    with pytest.raises(ValueError, match="pooling='round'"):
+        encoder(pooling="round")
+    with pytest.raises(ValueError, match="`craft` applies to arch 'speedrun'"):
+        models.build_encoder("resnet", (32, 32, 3), 8, craft=models.SpeedrunCraft())
+
+
+def test_standardised_whitening_is_the_whitening_of_standardised_pixels():
+    images = np.random.default_rng(3).random((30, 10, 10, 3)) * np.array([0.2, 1.0, 0.5])
+    std = images.std(axis=(0, 1, 2))
+    standardised, plain = models.PatchWhitening(standardise=True), models.PatchWhitening()
+    standardised.adapt(images.astype("float32"))
+    plain.adapt((images / std).astype("float32"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(standardised(images.astype("float32"))),
+                               keras.ops.convert_to_numpy(plain((images / std).astype("float32"))), atol=2e-3)
+    different = models.PatchWhitening()
+    different.adapt(images.astype("float32"))  # the epsilon weighs otherwise on unscaled pixels
+    assert not np.allclose(keras.ops.convert_to_numpy(different.kernel), keras.ops.convert_to_numpy(standardised.kernel), atol=1e-2)
+
+
+def test_alternating_flip_leaves_mirroring_to_the_data_feed():
+    names = {layer.name for layer in models.build_encoder("speedrun", (32, 32, 3), 8, augment="light-crop-flip", flip="alternating").layers}
+    assert "random_shift" in names and "random_flip" not in names
+
+
 def test_predict_batch_by_batch_gives_model_predicts_outputs():
     inputs = keras.Input((4, 4, 3))
     hidden = keras.layers.Dense(5)(keras.layers.Flatten()(inputs))

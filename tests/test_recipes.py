@@ -89,6 +89,33 @@ def test_settings_that_do_not_apply_stay_unset():
     assert config["tta"] == "none"  # grey images are not mirrored
 
 
+def test_the_airbench_recipe_is_airbench94_muons_craft_at_any_training_size():
+    for train_size in (5000, 50_000):  # no small-data or short-training overrides
+        config = recipes.fill(resolved("--recipe", "airbench"), "airbench", colour=True, train_size=train_size)
+        assert (config["optimizer"], config["schedule"], config["batch_size"], config["width"]) == ("muon", "linear", 2000, 64)
+        assert (config["flip"], config["pooling"], config["init"], config["whitening"]) == ("alternating", "floor", "pytorch", "standardised")
+    assert recipes.fill(resolved("--recipe", "airbench", "--pooling", "same"), "airbench", colour=True, train_size=50_000)["pooling"] == "same"
+    speedrun = recipes.fill(resolved(), "speedrun", colour=True, train_size=50_000)
+    assert (speedrun["flip"], speedrun["filter_lr"], speedrun["whitening_bias_epochs"]) == ("random", None, None)
+    grey = recipes.fill(resolved("--recipe", "airbench"), "airbench", colour=False, train_size=50_000)
+    assert grey["flip"] == "random"  # grey images are never mirrored
+    resnet = recipes.fill(resolved("--arch", "resnet", "--recipe", "airbench"), "airbench", colour=True, train_size=50_000)
+    assert resnet["pooling"] is resnet["init"] is resnet["batch_norm_epsilon"] is None  # the speed-run network's own craft
+
+
+@pytest.mark.slow
+def test_the_airbench_recipe_trains_end_to_end(tiny_tree, tmp_path):
+    out = tmp_path / "run"
+    flags = ("--recipe", "airbench", "-e", "2", "--batch-size", "40", "--whitening-bias-epochs", "1")
+    config = train_tiny_speedrun(tiny_tree, out, *flags)
+    assert (config["optimizer"], config["flip"], config["pooling"]) == ("muon", "alternating", "floor")
+    metrics = rundir.read_json(out / rundir.METRICS_FILE)
+    assert metrics["mAP@120"] > 0.5  # four easy classes: chance is about 0.25
+    encoder = keras.saving.load_model(out / rundir.MODEL_FILE)
+    assert isinstance(encoder.optimizer, train.Muon) and encoder.get_layer("block1_norm1_bn").epsilon == 1e-12
+    assert "random_flip" not in {layer.name for layer in encoder.layers}  # the feed mirrors
+
+
 def test_tta_on_grey_images_is_a_usage_error():
     with pytest.raises(options.UsageError, match="--tta averages each image with its mirror image: it applies to colour images only"):
         retrieval._resolve_recipe(resolved("--tta", "flip"), colour=False, train_size=100)

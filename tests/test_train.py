@@ -140,3 +140,98 @@ def test_the_checkpoint_holds_the_averaged_weights(tmp_path):
 def test_weight_decay_reaches_the_optimizer():
     assert train.make_optimizer("adam", weight_decay=0.01).weight_decay == 0.01
     assert train.make_optimizer("adam").weight_decay is None
+
+
+# --- Muon (airbench94_muon's optimiser) ---------------------------------------------------------
+
+
+def airbench_orthogonalised(gradient, steps=train.NEWTON_SCHULZ_STEPS):
+    """airbench94_muon's `zeropower_via_newtonschulz5` in NumPy (float64), on its own layout `[out, in * rows * columns]`."""
+    a, b, c = train.NEWTON_SCHULZ_COEFFICIENTS
+    x = gradient / (np.linalg.norm(gradient) + 1e-7)
+    tall = gradient.shape[0] > gradient.shape[1]
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def airbench_muon_steps(kernel, gradients, rates, momentum=train.MUON_FILTER_MOMENTUM):
+    """airbench94_muon's `Muon.step`, step after step, on a Keras kernel `[rows, columns, in, out]` (as PyTorch's `[out, in, rows, columns]`)."""
+    weight = kernel.transpose(3, 2, 0, 1).astype("float64")
+    buffer = np.zeros_like(weight)
+    for gradient, rate in zip(gradients, rates):
+        gradient = gradient.transpose(3, 2, 0, 1).astype("float64")
+        buffer = momentum * buffer + gradient
+        direction = gradient + momentum * buffer
+        weight = weight * len(weight) ** 0.5 / np.linalg.norm(weight)
+        weight = weight - rate * airbench_orthogonalised(direction.reshape(len(direction), -1)).reshape(direction.shape)
+    return weight.transpose(2, 3, 1, 0)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 4, 6), (3, 3, 2, 32)])  # wide and tall in airbench's layout
+def test_orthogonalised_matches_airbenchs_newton_schulz(shape):
+    gradient = np.random.default_rng(0).standard_normal(shape).astype("float32")
+    expected = airbench_orthogonalised(gradient.transpose(3, 2, 0, 1).reshape(shape[3], -1).astype("float64"))
+    actual = keras.ops.convert_to_numpy(train.orthogonalised(gradient))
+    np.testing.assert_allclose(actual, expected.reshape(shape[3], shape[2], 3, 3).transpose(2, 3, 1, 0), atol=2e-5)
+
+
+def test_muon_steps_a_filter_bank_as_airbench_does():
+    rng = np.random.default_rng(1)
+    kernel = rng.standard_normal((3, 3, 4, 8)).astype("float32")
+    gradients = [rng.standard_normal(kernel.shape).astype("float32") for _ in range(3)]
+    variable = keras.Variable(kernel, name="kernel")
+    optimizer = train.make_optimizer("muon", 2.0, "linear", total_steps=4, filter_lr=0.24)
+    for gradient in gradients:
+        optimizer.apply([gradient], [variable])
+    expected = airbench_muon_steps(kernel, gradients, [0.24 * (1 - step / 4) for step in range(3)])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected, atol=1e-4)
+
+
+def test_muon_steps_the_other_variables_by_nesterov_sgd():
+    gradients = [np.array([0.5, -2.0, 1e-3], "float32"), np.array([1.0, 1.0, -1.0], "float32")]
+    bias, reference = (keras.Variable(np.ones(3, "float32"), name="bias") for _ in range(2))
+    muon = train.make_optimizer("muon", 0.3, filter_lr=0.24)
+    sgd = keras.optimizers.SGD(0.3, momentum=train.MUON_SGD_MOMENTUM, nesterov=True)
+    for gradient in gradients:
+        muon.apply([gradient], [bias])
+        sgd.apply([gradient], [reference])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), keras.ops.convert_to_numpy(reference), rtol=1e-6)
+    assert not np.allclose(keras.ops.convert_to_numpy(bias), 1.0)
+
+
+def test_the_whitening_bias_trains_for_its_first_steps_only_at_a_falling_rate():
+    with keras.name_scope("whitening"):
+        bias = keras.Variable(np.zeros(2, "float32"), name="bias")
+    assert bias.path == "whitening/bias"
+    optimizer = train.Muon(learning_rate=1.0, momentum=0.0, whitening_bias_steps=4, whitening_bias_rate=8.0)
+    values = []
+    for _ in range(6):
+        optimizer.apply([np.ones(2, "float32")], [bias])
+        values.append(float(keras.ops.convert_to_numpy(bias)[0]))
+    steps = -np.diff([0.0, *values])
+    np.testing.assert_allclose(steps, [8.0, 6.0, 4.0, 2.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_a_model_compiled_with_muon_saves_and_loads(tmp_path):
+    inputs = keras.Input((6, 6, 2))
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Conv2D(4, 3, use_bias=False)(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=train.make_optimizer("muon", 0.1, "linear", total_steps=5, filter_lr=0.2, whitening_bias_steps=2), loss="mse")
+    pixels, targets = np.random.default_rng(0).random((4, 6, 6, 2)), np.zeros((4, 3))
+    model.train_on_batch(pixels, targets)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.optimizer, train.Muon)
+    assert (loaded.optimizer.filter_rate_scale, loaded.optimizer.whitening_bias_steps) == pytest.approx((2.0, 2))
+    model.train_on_batch(pixels, targets)
+    loaded.train_on_batch(pixels, targets)
+    for expected, actual in zip(model.weights, loaded.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), keras.ops.convert_to_numpy(expected), atol=1e-6)
+
+
+def test_muon_needs_a_rate():
+    with pytest.raises(ValueError, match="positive `learning_rate`"):
+        train.make_optimizer("muon")

@@ -1,0 +1,34 @@
+"""What the figures of a finished run folder are drawn from: its config, metrics and `codes.h5`.
+
+`python plots/retrieved.py RUN` and its siblings import this first: it puts the repository
+root on `sys.path`, so they run from anywhere, and refuses a folder without a finished run.
+"""
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+import rundir  # noqa: E402
+
+
+class RunFilesError(Exception):
+    """A folder that holds no finished run; one line, exit status 2."""
+
+
+def read_run(folder):
+    """`(config, metrics, codes)` of a finished run folder; `codes` as `rundir.read_codes` gives them."""
+    folder = Path(folder)
+    missing = [name for name in (rundir.CONFIG_FILE, rundir.METRICS_FILE, rundir.CODES_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise RunFilesError(f"{folder} has no {missing[0]}: not a finished run folder")
+    try:
+        return rundir.read_json(folder / rundir.CONFIG_FILE), rundir.read_json(folder / rundir.METRICS_FILE), rundir.read_codes(folder / rundir.CODES_FILE)
+    except (OSError, ValueError) as error:
+        raise RunFilesError(f"cannot read the run in {folder}: {error}") from None
+
+
+def mean_ap(metrics):
+    """`(k, mAP@k)` of a run's metrics."""
+    return metrics["top"], metrics[f"mAP@{metrics['top']}"]
