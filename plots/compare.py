@@ -81,10 +81,27 @@ def _missing_keys(metrics):
     return missing + [f"pr_curve.{key}" for key in PR_CURVE_KEYS if key not in metrics["pr_curve"]]
 
 
-def label(run):
-    """The legend entry of a run, e.g. `"dlbhc speedrun 48 bits: mAP@1000 0.857"`."""
+# What else can set a run apart, beside its method, arch and bits, and how its legend says so.
+DISTINGUISHING = (("num_train", "{:,} training images"), ("epochs_trained", "{} epochs"), ("seed", "seed {}"), ("recipe", "{} recipe"))
+
+
+def label(run, runs=()):
+    """The legend entry of a run among `runs`: what it is, what sets it apart from them, its mAP.
+
+    Method, arch and bits always; then each of `DISTINGUISHING` on which the runs differ;
+    the run's folder name where nothing tells it apart.
+
+    >>> runs = [{"method": "dlbhc", "arch": "speedrun", "bits": 48, "top": 10, "mAP@10": 0.5, "num_train": n, "run": Path("a")} for n in (5000, 50000)]
+    >>> label(runs[0], runs)
+    'dlbhc speedrun 48 bits, 5,000 training images: mAP@10 0.500'
+    """
     top = run["top"]
-    return f"{run['method']} {run['arch']} {run['bits']} bits: mAP@{top} {run[f'mAP@{top}']:.3f}"
+    base = f"{run['method']} {run['arch']} {run['bits']} bits"
+    differing = [template.format(run[key]) for key, template in DISTINGUISHING
+                 if key in run and len({str(other.get(key)) for other in runs}) > 1]
+    identical = len(runs) > 1 and not differing and len({(other["method"], other["arch"], other["bits"]) for other in runs}) == 1
+    extras = differing or ([run["run"].name] if identical else [])
+    return f"{', '.join([base, *extras])}: mAP@{top} {run[f'mAP@{top}']:.3f}"
 
 
 def plot_comparison(runs, path, title=""):
@@ -105,7 +122,7 @@ def plot_comparison(runs, path, title=""):
     figure, (at_k_axes, pr_axes) = plt.subplots(1, 2, figsize=FIGURE_SIZE, dpi=100)
     for run in runs:
         precision_at_k = run["precision_at_k"]
-        at_k_axes.plot(range(1, len(precision_at_k) + 1), precision_at_k, linewidth=1.5, label=label(run))
+        at_k_axes.plot(range(1, len(precision_at_k) + 1), precision_at_k, linewidth=1.5, label=label(run, runs))
         curve = run["pr_curve"]
         pr_axes.plot(curve["recall"], curve["precision"], marker="o", markersize=3, linewidth=1.5)
     longest = max(len(run["precision_at_k"]) for run in runs)

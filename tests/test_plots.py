@@ -59,6 +59,16 @@ def test_compare_overlays_runs_with_labelled_legend(tmp_path):
     assert [file.name for file in tmp_path.iterdir() if file.is_file()] == ["fig.png"]  # no temporary left
 
 
+def test_compare_labels_each_run_by_what_sets_it_apart(tmp_path):
+    runs = compare.load_runs([fake_run(tmp_path / "small"), fake_run(tmp_path / "large")])
+    runs[1]["num_train"], runs[0]["num_train"] = 50_000, 5_000
+    figure = compare.plot_comparison(runs, tmp_path / "fig.png")
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["dlbhc speedrun 48 bits, 5,000 training images: mAP@3 0.857", "dlbhc speedrun 48 bits, 50,000 training images: mAP@3 0.857"]
+    alike = compare.load_runs([fake_run(tmp_path / "first"), fake_run(tmp_path / "second")])
+    assert [compare.label(run, alike) for run in alike] == ["dlbhc speedrun 48 bits, first: mAP@3 0.857", "dlbhc speedrun 48 bits, second: mAP@3 0.857"]
+
+
 def test_compare_refuses_runs_of_different_protocols(tmp_path, capsys):
     runs = [fake_run(tmp_path / "a"), fake_run(tmp_path / "b", protocol="dhn")]
     stderr = fails_with(capsys, [*map(str, runs), "-o", str(tmp_path / "fig.png")], "runs of different protocols do not compare", main=compare.main)
