@@ -46,8 +46,8 @@ def distance_counts(query_bits, query_labels, db_bits, db_labels, max_pairs=MAX_
     """Pairs at each Hamming distance 0..L: `(same_label_counts, different_label_counts)`, int64 `[L + 1]` each.
 
     >>> bits = np.array([[0, 0], [1, 1]])
-    >>> distance_counts(bits, np.array([0, 1]), bits, np.array([0, 0]))
-    (array([1, 0, 0]), array([0, 0, 1]))
+    >>> distance_counts(bits, np.array([0, 1]), bits, np.array([0, 1]))
+    (array([2, 0, 0]), array([0, 0, 2]))
     """
     code_length = np.shape(query_bits)[1]
     queries, db = sampled_pairs(len(query_bits), len(db_bits), max_pairs, seed)
