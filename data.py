@@ -87,6 +87,8 @@ class Dataset:
         y_db: its labels, like `y_train`, else `None`. Defaults to `None`.
         skipped: the own images left out because they could not be read, as `"<path>: <reason>"`.
             Defaults to `()`.
+        names_train, names_test, names_db: own images only: each image's file name (its path in the
+            folder tree or as its list file writes it), aligned with `x_train` etc.; else `None`.
     """
 
     name: str
@@ -99,6 +101,9 @@ class Dataset:
     x_db: np.ndarray = dataclasses.field(default=None, repr=False)
     y_db: np.ndarray = dataclasses.field(default=None, repr=False)
     skipped: tuple = dataclasses.field(default=(), repr=False)
+    names_train: np.ndarray = dataclasses.field(default=None, repr=False)
+    names_test: np.ndarray = dataclasses.field(default=None, repr=False)
+    names_db: np.ndarray = dataclasses.field(default=None, repr=False)
 
     @property
     def multi_label(self):
@@ -401,6 +406,7 @@ def _as_dataset(name, arrays, source, multi_label=False):
         x_db=_with_channels(arrays["x_db"]) if has_db else None,
         y_db=labels("y_db") if has_db else None,
         skipped=tuple(str(entry) for entry in arrays.get("skipped", ())),
+        **{f"names_{split}": np.asarray(arrays[f"names_{split}"]) for split in ("train", "test", "db") if f"names_{split}" in arrays},
     )
 
 

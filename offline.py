@@ -502,8 +502,8 @@ def split_base(layout, split):
     return layout.prefix + ("" if split == POOL else f"{split}/")
 
 
-def decode_image_tree(source, layout, image_shape, decode):
-    """Decodes a checked tree into arrays `x_<split>`, `y_<split>` and `class_names`.
+def decode_image_tree(source, layout, image_shape, decode, with_names=False):
+    """Decodes a checked tree into arrays `x_<split>`, `y_<split>` and `class_names` (and `names_<split>`).
 
     Args:
         source: the tree's source (`open_source`).
@@ -511,6 +511,8 @@ def decode_image_tree(source, layout, image_shape, decode):
         image_shape: `(height, width, channels)` of every decoded image.
         decode: `decode(name, payload)`, an image as uint8 `image_shape`, or a string saying why it cannot
             be used (own images, which are then left out); a known dataset's copy raises instead.
+        with_names: also return each readable image's file name in the tree, as `names_<split>`
+            (own images: the figures name them). Defaults to `False`.
 
     Returns:
         `(arrays, skipped)`: the arrays of the readable images, and the unreadable ones as
@@ -528,6 +530,8 @@ def decode_image_tree(source, layout, image_shape, decode):
     for split, items in splits.items():
         labels = np.array([label for _, label in items], dtype=np.int64)
         arrays[f"x_{split}"], arrays[f"y_{split}"] = readable_rows(images[split], labels, readable[split])
+        if with_names:
+            arrays[f"names_{split}"] = np.array([file for file, _ in items], dtype=str)[readable[split]]
     return arrays, skipped
 
 

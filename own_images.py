@@ -278,7 +278,7 @@ def _inspect_folder(source, test_fraction=None):
 def _decode_folder(source, layout, image_size):
     """Decodes a checked `folder:` tree into arrays, `skipped` among them, having warned about those."""
     decode = functools.partial(_decode_own_image, image_size)
-    arrays, skipped = offline.decode_image_tree(source, layout, (image_size, image_size, 3), decode)
+    arrays, skipped = offline.decode_image_tree(source, layout, (image_size, image_size, 3), decode, with_names=True)
     _warn_unreadable(skipped, total=len(skipped) + sum(len(arrays[key]) for key in arrays if key.startswith("y_")))
     arrays["skipped"] = np.array(skipped, dtype=str)
     return arrays
@@ -307,8 +307,11 @@ def _split_pool(arrays, test_fraction, seed):
     """The train and test arrays of a class-folder tree: `protocols.stratified_split` of its pool."""
     train_idx, test_idx = protocols.stratified_split(arrays["y_pool"], test_fraction, seed)
     x_pool, y_pool = arrays["x_pool"], arrays["y_pool"]
-    return {"x_train": x_pool[train_idx], "y_train": y_pool[train_idx], "x_test": x_pool[test_idx],
-            "y_test": y_pool[test_idx], "class_names": arrays["class_names"], "skipped": arrays["skipped"]}
+    split = {"x_train": x_pool[train_idx], "y_train": y_pool[train_idx], "x_test": x_pool[test_idx],
+             "y_test": y_pool[test_idx], "class_names": arrays["class_names"], "skipped": arrays["skipped"]}
+    if "names_pool" in arrays:  # absent from arrays cached before names were kept
+        split.update(names_train=arrays["names_pool"][train_idx], names_test=arrays["names_pool"][test_idx])
+    return split
 
 
 # --- own data: list:DIR -----------------------------------------------------------------------------------
@@ -448,6 +451,7 @@ def _decode_lists(lists, image_size):
         if not readable[split].any():
             raise data.DataError(f"No image listed in {image_list.file} could be read ({len(image_list.paths)} tried).")
         arrays[f"x_{split}"], arrays[f"y_{split}"] = offline.readable_rows(images[split], image_list.labels, readable[split])
+        arrays[f"names_{split}"] = np.array(image_list.paths, dtype=str)[readable[split]]
     return arrays
 
 

@@ -150,7 +150,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
 
 
 class Arrays(NamedTuple):
-    """A run's split, its class names, and the images and labels of its three roles."""
+    """A run's split, its class names, the images and labels of its three roles, and own images' file names (else `None`)."""
 
     split: protocols.Split
     class_names: tuple
@@ -160,6 +160,8 @@ class Arrays(NamedTuple):
     db_y: np.ndarray
     query_x: np.ndarray
     query_y: np.ndarray
+    db_names: np.ndarray = None
+    query_names: np.ndarray = None
 
 
 def load_arrays(config):
@@ -171,7 +173,9 @@ def load_arrays(config):
     images = (dataset.x_train, dataset.x_test, getattr(dataset, "x_db", None))
     labels = (dataset.y_train, dataset.y_test, getattr(dataset, "y_db", None))
     roles = (items.gather(source) for items in (split.train, split.database, split.queries) for source in (images, labels))
-    return Arrays(split, tuple(dataset.class_names), *roles)
+    names = (dataset.names_train, dataset.names_test, dataset.names_db)
+    named = any(array is not None for array in names)
+    return Arrays(split, tuple(dataset.class_names), *roles, *((split.database.gather(names), split.queries.gather(names)) if named else ()))
 
 
 def _check_trained_on(split, dataset, config):
@@ -387,7 +391,7 @@ def _save_code_figures(out, arrays, db_bits, query_bits, top, mean_ap, seed):
 
     queries = choose_queries(len(query_bits), seed=seed)
     save_retrieved(out / rundir.RETRIEVED_FILE, queries, arrays.query_x, arrays.query_y, query_bits, arrays.db_x, arrays.db_y, db_bits,
-                   class_names=arrays.class_names)
+                   class_names=arrays.class_names, db_names=arrays.db_names)
     codes = {"db_bits": db_bits, "query_bits": query_bits, "db_labels": arrays.db_y, "query_labels": arrays.query_y}
     save_distances(codes, {"top": top, f"mAP@{top}": mean_ap}, out / rundir.DISTANCES_FILE)
     save_bits(codes, out / rundir.BITS_FILE, arrays.class_names)

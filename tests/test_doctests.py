@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODULES = sorted(path.stem for path in REPO_ROOT.glob("*.py")) + ["plots.compare", "plots.distances", "plots.bits"]
+MODULES = sorted(path.stem for path in REPO_ROOT.glob("*.py")) + ["plots.compare", "plots.distances", "plots.bits", "plots.retrieved"]
 
 
 @pytest.mark.parametrize("name", MODULES)

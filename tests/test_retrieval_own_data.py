@@ -11,6 +11,7 @@ import options
 import retrieval
 import rundir
 from cli import fails_with
+from plots import retrieved
 
 CLASSES = ("circle", "square", "stripes")
 
@@ -50,6 +51,21 @@ def test_folder_dataset_end_to_end(photo_folder, tmp_path):
     assert metrics["num_queries"] + metrics["num_database"] == 24  # test vs train; the broken image left out
     config = json.loads((out / rundir.CONFIG_FILE).read_text())
     assert config["image_size"] == data.DEFAULT_IMAGE_SIZE and config["test_fraction"] is None
+
+
+def test_own_images_carry_their_file_names_to_the_retrieved_figure(photo_folder, tmp_path):
+    config = options.resolve_args(options.build_parser().parse_args(["--dataset", f"folder:{photo_folder}", "--out", str(tmp_path / "run")]))
+    arrays = retrieval.load_arrays(config)
+    for images, names in ((arrays.db_x, arrays.db_names), (arrays.query_x, arrays.query_names)):
+        assert len(names) == len(images) and all(name.endswith(".png") and name.split("/")[0] in CLASSES for name in names)
+        for image, name in zip(images, names):  # each name is that image's file: its class folder's dominant colour
+            if Image.open(photo_folder / name).mode in ("RGB", "RGBA", "P"):
+                assert np.argmax(image.reshape(-1, 3).mean(axis=0)) == CLASSES.index(name.split("/")[0])
+    assert "square/broken.jpg" not in set(arrays.db_names) | set(arrays.query_names)
+    codes = np.eye(len(arrays.db_y), 12, dtype=np.uint8)
+    figure = retrieved.plot_retrieved([0], arrays.db_x, arrays.db_y, codes, arrays.db_x, arrays.db_y, codes, tmp_path / "r.png", k=3,
+                                      db_names=arrays.db_names)
+    assert figure.axes[1].get_title() == f"d=0\n{arrays.db_names[0].split('/')[-1]}"  # the query's own image first
 
 
 def test_default_run_folder_is_named_safely(photo_folder):
