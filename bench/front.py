@@ -70,7 +70,7 @@ def candidate(run):
         "num_train": metrics["num_train"],
         "date": datetime.date.fromtimestamp((run / rundir.METRICS_FILE).stat().st_mtime).isoformat(),
         "commit": metrics.get("git_commit"),
-        "source": str(run),
+        "source": f"run folder {run.name}, commit {str(metrics.get('git_commit'))[:7]}",
     }
 
 

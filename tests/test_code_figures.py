@@ -12,6 +12,7 @@ import pytest
 from plots import bits as bits_figure
 from plots import distances as distances_figure
 from plots import retrieved as retrieved_figure
+from plots import result_grid
 from plots.result_grid import IRRELEVANT_COLOUR, RELEVANT_COLOUR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,15 +34,25 @@ def test_retrieved_places_each_querys_nearest_images_in_rank_order_with_frames_b
     query_bits, query_labels = np.zeros((2, 8), np.uint8), np.array([0, 1])
     figure = retrieved_figure.plot_retrieved([1], flat_images(2), query_labels, query_bits, flat_images(6), db_labels, db_bits,
                                              tmp_path / "retrieved.png", k=4, class_names=("cat", "dog"))
-    axes = np.array(figure.axes).reshape(1, 5)
-    assert axes[0, 0].images[0].get_array()[0, 0, 0] == 10  # query 1
-    assert axes[0, 0].get_title() == "query 1\ndog"
+    canvas = figure.axes[0].images[0].get_array()
+    texts = [text.get_text() for text in figure.axes[0].texts]
+
+    def cell(column):
+        top, left = result_grid.cell_origin(0, column)
+        return canvas[top : top + result_grid.CELL, left : left + result_grid.CELL]
+
+    def frame(column):
+        top, left = result_grid.cell_origin(0, column)
+        return canvas[top - 1, left]  # a pixel of the frame just above the image
+
+    assert np.all(cell(0) == 10) and texts[0] == "query 1\ndog"  # query 1, of class dog
+    assert tuple(frame(0)) == (255, 255, 255)  # the query has no frame
     expected_order, expected_distances = [1, 3, 5, 2], [0, 1, 2, 3]  # nearest first
     for column, (index, distance) in enumerate(zip(expected_order, expected_distances), start=1):
-        assert axes[0, column].images[0].get_array()[0, 0, 0] == 10 * index
-        assert axes[0, column].get_title() == f"d={distance}"
+        assert np.all(cell(column) == 10 * index)
+        assert texts[column] == f"d={distance}"
         colour = RELEVANT_COLOUR if db_labels[index] == 1 else IRRELEVANT_COLOUR
-        assert matplotlib.colors.to_hex(axes[0, column].spines["left"].get_edgecolor()) == colour
+        assert matplotlib.colors.to_hex(frame(column) / 255) == colour
     assert (tmp_path / "retrieved.png").stat().st_size > 0
 
 

@@ -65,7 +65,7 @@ def test_own_images_carry_their_file_names_to_the_retrieved_figure(photo_folder,
     codes = np.eye(len(arrays.db_y), 12, dtype=np.uint8)
     figure = retrieved.plot_retrieved([0], arrays.db_x, arrays.db_y, codes, arrays.db_x, arrays.db_y, codes, tmp_path / "r.png", k=3,
                                       db_names=arrays.db_names)
-    assert figure.axes[1].get_title() == f"d=0\n{arrays.db_names[0].split('/')[-1]}"  # the query's own image first
+    assert figure.axes[0].texts[1].get_text() == f"d=0\n{arrays.db_names[0].split('/')[-1]}"  # the query's own image first
 
 
 def test_default_run_folder_is_named_safely(photo_folder):
