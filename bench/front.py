@@ -112,6 +112,8 @@ def draw(entries, path, budget_minutes):
         axes.scatter(minutes, entry["mAP"], color="tab:red" if name == best else "tab:blue", zorder=3)
         axes.annotate(label(entry), (minutes, entry["mAP"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
     axes.axvline(budget_minutes, color="grey", linestyle="--", label=f"{budget_minutes:g}-minute budget")
+    longest = max([budget_minutes, *(entry["train_seconds"] / 60 for entry in entries.values())])
+    axes.set_xlim(0, longest * 1.35)  # room for the labels right of the points
     ks = {entry["k"] for entry in entries.values()}
     axes.set_xlabel("training minutes (2-core CPU)")
     axes.set_ylabel(f"validation mAP@{ks.pop() if len(ks) == 1 else 'k'}")

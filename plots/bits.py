@@ -8,14 +8,13 @@ bit near 0 or 1 for a class is that class's; a bit near 0.5 everywhere says noth
 writes it as `bits.png`.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_files import RunFilesError, read_run  # noqa: E402
+from run_files import redraw_main  # noqa: E402
 
 import rundir  # noqa: E402  (run_files puts the repository root on the path)
 
@@ -67,18 +66,8 @@ def save_bits(codes, path, class_names=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="bits.py", description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a finished run folder")
-    parser.add_argument("-o", "--out", default=None, help="the PNG to write (default: RUN/bits.png)")
-    args = parser.parse_args(argv)
-    try:
-        config, metrics, codes = read_run(args.run)
-    except RunFilesError as error:
-        parser.exit(2, f"bits.py: error: {error}\n")
-    out = Path(args.out or Path(args.run) / rundir.BITS_FILE)
-    save_bits(codes, out, metrics.get("class_names"))
-    print(f"wrote {out}")
-    return 0
+    return redraw_main(argv, "bits.py", __doc__.splitlines()[0], rundir.BITS_FILE,
+                       lambda config, metrics, codes, out: save_bits(codes, out, metrics.get("class_names")))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ which the two cross: below it a pair is more likely of one class than not. Every
 database) is counted.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_files import RunFilesError, mean_ap, read_run  # noqa: E402
+from run_files import mean_ap, redraw_main  # noqa: E402
 
 import evaluate  # noqa: E402  (run_files puts the repository root on the path)
 import engines  # noqa: E402
@@ -106,18 +105,8 @@ def save_distances(codes, metrics, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="distances.py", description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a finished run folder")
-    parser.add_argument("-o", "--out", default=None, help="the PNG to write (default: RUN/distances.png)")
-    args = parser.parse_args(argv)
-    try:
-        _, metrics, codes = read_run(args.run)
-    except RunFilesError as error:
-        parser.exit(2, f"distances.py: error: {error}\n")
-    out = Path(args.out or Path(args.run) / rundir.DISTANCES_FILE)
-    save_distances(codes, metrics, out)
-    print(f"wrote {out}")
-    return 0
+    return redraw_main(argv, "distances.py", __doc__.splitlines()[0], rundir.DISTANCES_FILE,
+                       lambda config, metrics, codes, out: save_distances(codes, metrics, out))
 
 
 if __name__ == "__main__":

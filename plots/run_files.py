@@ -4,6 +4,7 @@
 root on `sys.path`, so they run from anywhere, and refuses a folder without a finished run.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -32,3 +33,22 @@ def read_run(folder):
 def mean_ap(metrics):
     """`(k, mAP@k)` of a run's metrics."""
     return metrics["top"], metrics[f"mAP@{metrics['top']}"]
+
+
+def redraw_main(argv, prog, description, default_name, draw):
+    """The command line of a figure drawn from a finished run alone: `prog RUN [-o PATH]`; returns the exit status.
+
+    `draw(config, metrics, codes, out)` writes the figure; a folder without a run is one line, exit status 2.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("run", help="a finished run folder")
+    parser.add_argument("-o", "--out", default=None, help=f"the PNG to write (default: RUN/{default_name})")
+    args = parser.parse_args(argv)
+    try:
+        config, metrics, codes = read_run(args.run)
+    except RunFilesError as error:
+        parser.exit(2, f"{prog}: error: {error}\n")
+    out = Path(args.out or Path(args.run) / default_name)
+    draw(config, metrics, codes, out)
+    print(f"wrote {out}")
+    return 0
