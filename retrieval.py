@@ -237,7 +237,7 @@ def _resolve_recipe(config, colour, train_size):
     """Fills the training settings the flags left unset from the run's recipe (`auto`: the arch's own)."""
     if V.tta_mode(config.get("tta")) != V.NO_TTA and not colour:
         raise UsageError("--tta averages each image with its mirror image: it applies to colour images only")
-    return recipes.fill(config, recipes.choose(config["recipe"], config["arch"]), colour, train_size)
+    return recipes.fill(config, recipes.choose(config["recipe"], config["arch"], config["method"], train_size), colour, train_size)
 
 
 def _check_batches_fit_devices(config):

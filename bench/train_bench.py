@@ -3,7 +3,7 @@
     python bench/train_bench.py --data-dir ../shared/datasets/cifar10-jpeg.tar.gz -l 48 --eval-every 3
 
 trains exactly what `retrieval.py` would with the same flags (any of its flags
-may follow; by default the `speedrun` recipe) and, after every
+may follow; by default the recipe `retrieval.py` picks) and, after every
 epoch (or every `--eval-every` epochs), encodes the database and queries and scores mAP@1000 (with the run's
 test-time augmentation, `--tta`). Per epoch it prints:
 

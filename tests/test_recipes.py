@@ -25,6 +25,9 @@ def resolved(*flags):
 
 def test_auto_is_the_archs_own_recipe():
     assert recipes.choose("auto", "speedrun") == "speedrun"
+    assert recipes.choose("auto", "speedrun", "dlbhc", train_size=recipes.SMALL_DATA_IMAGES) == "airbench"  # full scale
+    assert recipes.choose("auto", "speedrun", "dnnh", train_size=50_000) == "speedrun"  # not measured with it
+    assert recipes.choose("speedrun", "speedrun", "dlbhc", train_size=50_000) == "speedrun"
     assert recipes.choose("auto", "dbr") == "dbr"
     assert recipes.choose("auto", "resnet") == "classic"
     assert recipes.choose("speedrun", "resnet") == "speedrun"
