@@ -157,7 +157,7 @@ def epoch_probe(arrays, top, out, eval_every):
     class Probe(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.config = rundir.read_json(out / rundir.CONFIG_FILE)
-            targets = retrieval.method_for(self.config, arrays.num_classes).targets(arrays.train_y)  # what fit is given
+            targets = retrieval.method_for(self.config, len(arrays.class_names)).targets(arrays.train_y)  # what fit is given
             self.input_seconds = input_pipeline_seconds(arrays.train_x, targets, self.config["batch_size"], self.config["seed"])
             self.rows, self.step_seconds, self.train_seconds = [], [], 0.0
             self.compile_seconds = 0.0
