@@ -111,6 +111,7 @@ def build_parser():
     add("--batch-norm-epsilon", type=float, default=None, help=f"--arch speedrun: epsilon of its batch norms, positive (default: the recipe's, {_recipe_defaults('batch_norm_epsilon')})")
     add("--init", default=None, help=f"--arch speedrun: its 3x3 filters beyond the identity channels: he (uniform) or pytorch (uniform within 1/sqrt(fan in), airbench's) (default: the recipe's, {_recipe_defaults('init')})")
     add("--whitening", default=None, help=f"--arch speedrun: whitening epsilon added on pixels (scaled to [0, 1]) or standardised ones (each channel divided by its standard deviation, airbench's) (default: the recipe's, {_recipe_defaults('whitening')})")
+    add("--precision", default=None, help=f"arithmetic of training and encoding: float32, or mixed_bfloat16 (bfloat16 arithmetic with float32 weights: the GPU default, and on a CPU with AVX512_BF16 oneDNN's bfloat16 kernels) (default: the recipe's, {_recipe_defaults('precision')}; none: mixed_bfloat16 on a GPU, else float32)")
     add("--loss-scale", type=float, default=None, help=f"factor on the method's loss, positive: what a method needs of its own under a recipe's learning rate (default: the recipe's, {_recipe_defaults('loss_scale')}; recipes.METHOD_SETTINGS)")
     add("--seed", type=int, default=DEFAULTS["seed"], help="seed of the splits, the query draw and training (default: %(default)s)")
     add("--protocol", default=None, help=f"evaluation protocol: {', '.join(protocols.PROTOCOLS)} (default: dlbhc for the named datasets, folder for folder:/list: data); see protocols.py")
@@ -192,6 +193,7 @@ def resolve_args(args):
         "weight_averaging": args.weight_averaging,
         "loss_scale": args.loss_scale,
         **{key: getattr(args, key) for key in recipes.NO_CRAFT},
+        "precision": args.precision,
         "seed": args.seed,
         "val_size": args.val_size,
         "protocol": args.protocol or protocols.default_protocol(args.dataset),
@@ -304,7 +306,8 @@ def _check_training_options(args):
     if args.whitening_bias_epochs is not None and args.whitening_bias_epochs < 0:
         raise UsageError(f"--whitening-bias-epochs must be 0 or more, got {args.whitening_bias_epochs}")
     for flag, value, choices in (("--flip", args.flip, V.FLIPS), ("--pooling", args.pooling, ("same", "floor")),
-                                 ("--init", args.init, ("he", "pytorch")), ("--whitening", args.whitening, ("pixels", "standardised"))):
+                                 ("--init", args.init, ("he", "pytorch")), ("--whitening", args.whitening, ("pixels", "standardised")),
+                                 ("--precision", args.precision, V.PRECISIONS)):
         if value is not None:
             _check_choice(flag, value, choices)
     craft = [flag for flag, value in (("--pooling", args.pooling), ("--batch-norm-epsilon", args.batch_norm_epsilon), ("--init", args.init),

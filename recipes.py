@@ -60,6 +60,7 @@ RECIPES = {
         "loss_scale": 1.0,
         "tta": "flip-shift",  # 0.005 above flip alone on validation at full scale (docs/recipes.md)
         **SPEEDRUN_CRAFT,
+        "precision": None,  # the device's own (train.use_precision)
     },
     DBR: {
         "epochs": 20,
@@ -77,6 +78,7 @@ RECIPES = {
         "loss_scale": 1.0,
         "tta": vocabulary.NO_TTA,
         **NO_CRAFT,
+        "precision": None,
     },
     CLASSIC: {
         "epochs": 20,
@@ -94,6 +96,7 @@ RECIPES = {
         "loss_scale": 1.0,
         "tta": vocabulary.NO_TTA,
         **NO_CRAFT,
+        "precision": None,
     },
 }
 # airbench94_muon (Jordan 2024) ported: its full width, 8 epochs of batches of 2,000, Muon on

@@ -81,7 +81,7 @@ def run(config, verbose=1, resume=False, callbacks=()):
     import train
 
     keras.utils.set_random_seed(config["seed"])
-    precision_policy = train.use_mixed_precision_on_gpu()
+    precision_policy = train.use_precision(config.get("precision"))
     method = method_for(config, len(arrays.class_names))
     log(_plan(config, arrays, train.device_description()))
     model, trained_epochs, timings["train_seconds"] = _trained_model(config, method, train_x, train_y, out, verbose, callbacks)

@@ -10,7 +10,7 @@ half-written checkpoint is never loaded. Each checkpoint also records the
 training seconds spent up to its epoch, so a resumed run's training time counts
 the earlier runs' finished epochs too.
 
-Backend-specific precision sits behind one small seam, `use_mixed_precision_on_gpu`;
+Backend-specific precision sits behind one small seam, `use_precision`;
 where training runs (devices, data-parallel distribution, processes) is devices.py's.
 """
 
@@ -415,10 +415,15 @@ def device_description():
     return f"{gpus} GPU(s), {keras.backend.backend()} backend" if gpus else f"CPU, {keras.backend.backend()} backend"
 
 
-def use_mixed_precision_on_gpu():
-    """Switches Keras to mixed precision when a GPU is present; returns the policy name in force."""
-    if gpu_count():
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+def use_precision(precision=None):
+    """Sets Keras's dtype policy for the run and returns its name.
+
+    `precision`: `"float32"`, or `"mixed_bfloat16"` (bfloat16 arithmetic, float32 weights; on a
+    CPU with AVX512_BF16, oneDNN's bfloat16 kernels). `None`: mixed bfloat16 on a GPU, float32 elsewhere.
+    """
+    if precision is None:
+        precision = "mixed_bfloat16" if gpu_count() else "float32"
+    keras.mixed_precision.set_global_policy(precision)
     return keras.mixed_precision.global_policy().name
 
 

@@ -69,6 +69,7 @@ OPTIMIZERS = ("adadelta", "sgd", "adam", "muon")
 # The optimisers by name and by the original tool's numeric code.
 OPTIMIZER_ALIASES = {"1": "adadelta", "adadelta": "adadelta", "2": "sgd", "sgd": "sgd", "adam": "adam", "muon": "muon"}
 SCHEDULES = ("constant", "cosine", "triangular", "linear")
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies a run trains and encodes under
 
 # --- search (engines.py) -----------------------------------------------------------------------
 

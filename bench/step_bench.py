@@ -25,9 +25,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import options  # noqa: E402  (after the path: the bench runs from anywhere)
 import recipes  # noqa: E402
+import vocabulary  # noqa: E402
 
 WARMUP_BATCHES = 2
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = vocabulary.PRECISIONS
 FEEDS = ("fit", "train_on_batch")
 JIT_CHOICES = {"auto": "auto", "on": True, "off": False}
 IMAGE_SHAPE = (32, 32, 3)
