@@ -249,7 +249,7 @@ def _smallest(values, k):
     return pairs & 0xFFFFFFFF
 
 
-class _Relevance:
+class Relevance:
     """Which database items are relevant to each query of a batch, as a bool `[b, ntotal]` array.
 
     Integer labels: the same label. Multi-hot rows: at least one label shared, i.e.
@@ -487,7 +487,7 @@ def evaluate_retrieval(
     nq, ntotal, bits = len(query_bits), len(db_bits), query_bits.shape[1]
     query_codes = pack_bits(query_bits)
     index = engines.BackendEngine(pack_bits(db_bits), bits, batch_elements)
-    relevance = _Relevance(db_labels)
+    relevance = Relevance(db_labels)
 
     precision_sums, average_precision_sum, average_precision_all_sum = np.zeros(top), 0.0, 0.0
     radius_precision_sums, radius_recall_sums = np.zeros(bits + 1), np.zeros(bits + 1)
@@ -568,7 +568,7 @@ def evaluate_features(
     )
     engines.check_k(top, len(db_features), "top")
     index = ExactEuclideanSearch(db_features, batch_elements)
-    relevance = _Relevance(db_labels)
+    relevance = Relevance(db_labels)
     precision_sums, average_precision_sum = np.zeros(top), 0.0
     batch_size = max(1, batch_elements // len(db_features))
     for start in range(0, len(query_features), batch_size):

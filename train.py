@@ -343,10 +343,9 @@ class Muon(RateScaleSGD):
 
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
-        path = self._trainable_variables[index].path
         if len(variable.shape) == 4:
             return self._filter_step(gradient, variable, self.momentums[index], ops.multiply(learning_rate, self.filter_rate_scale))
-        if self.whitening_bias_steps and models.is_whitening_bias(path):
+        if self.whitening_bias_steps and models.is_whitening_bias(self._trainable_variables[index].path):
             left = 1.0 - ops.cast(self.iterations, "float32") / self.whitening_bias_steps
             learning_rate = ops.multiply(self.whitening_bias_rate, ops.maximum(left, 0.0))
         return super().update_step(gradient, variable, learning_rate)

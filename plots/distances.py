@@ -25,14 +25,6 @@ MAX_PAIRS = 2_000_000
 SAME_COLOUR, DIFFERENT_COLOUR = "#1a9641", "#d7191c"
 
 
-def shares_a_label(query_labels, db_labels):
-    """`[nq, ndb]` bool: whether each query and database item share a label (integer or multi-hot labels)."""
-    query_labels, db_labels = np.asarray(query_labels), np.asarray(db_labels)
-    if query_labels.ndim == 1:
-        return query_labels[:, None] == db_labels[None, :]
-    return (query_labels.astype(np.int64) @ db_labels.astype(np.int64).T) > 0
-
-
 def sampled_pairs(num_queries, num_db, max_pairs=MAX_PAIRS, seed=0):
     """Sorted query and database positions whose pairs number at most `max_pairs`: all of the database where it fits."""
     rng = np.random.default_rng(seed)
@@ -51,7 +43,7 @@ def distance_counts(query_bits, query_labels, db_bits, db_labels, max_pairs=MAX_
     code_length = np.shape(query_bits)[1]
     queries, db = sampled_pairs(len(query_bits), len(db_bits), max_pairs, seed)
     distances = engines.hamming_distances(evaluate.pack_bits(np.asarray(query_bits)[queries]), evaluate.pack_bits(np.asarray(db_bits)[db]))
-    same = shares_a_label(np.asarray(query_labels)[queries], np.asarray(db_labels)[db])
+    same = evaluate.Relevance(np.asarray(db_labels)[db])(np.asarray(query_labels)[queries])  # the evaluation's rule
     return (np.bincount(distances[same], minlength=code_length + 1).astype(np.int64),
             np.bincount(distances[~same], minlength=code_length + 1).astype(np.int64))
 
